@@ -1,0 +1,66 @@
+"""GET /api/v1/health/: is each service the product depends on answering? 200 if all are, 503 if one is not."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from django.conf import settings
+from django.db import connection
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+PROBE_TIMEOUT_SECONDS = 2
+
+
+def _probe(check) -> dict:
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # any failure means "down"; the message tells the operator why
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _ping_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT_SECONDS, socket_timeout=PROBE_TIMEOUT_SECONDS)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def services_health() -> dict[str, dict]:
+    return {
+        "database": _probe(_check_database),
+        "redis": _probe(lambda: _ping_redis(settings.CACHES["default"]["LOCATION"])),
+        "broker": _probe(lambda: _ping_redis(settings.CELERY_BROKER_URL)),
+    }
+
+
+class HealthView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("Health", {"status": serializers.CharField(), "services": serializers.DictField()}),
+            503: inline_serializer("Unhealthy", {"status": serializers.CharField(), "services": serializers.DictField()}),
+        }
+    )
+    def get(self, request):
+        services = services_health()
+        healthy = all(state["ok"] for state in services.values())
+        return Response(
+            {"status": "ok" if healthy else "unavailable", "services": services},
+            status=200 if healthy else 503,
+            headers={"Cache-Control": "no-store"},
+        )

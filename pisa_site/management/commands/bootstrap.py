@@ -1,0 +1,33 @@
+"""Prepare the local stack before its processes start: migrate, make sure there is an admin, say where things are."""
+
+import os
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from pisa_site.services import admin_user_ensure
+
+
+class Command(BaseCommand):
+    help = "Migrate the warehouse, create the local admin user and print the stack's URLs (used by `make run`)."
+
+    def handle(self, *args, **options):
+        self.stdout.write("Migrating the warehouse...")
+        call_command("migrate", interactive=False, verbosity=0)
+        login = admin_user_ensure()
+        host = "127.0.0.1"
+        port = os.environ.get("PORT", "8000")
+        flower_port = os.environ.get("FLOWER_PORT", "5555")
+        base = f"http://{host}:{port}"
+        password = login.password or "(unchanged: the password you set for it)"
+        lines = [
+            "",
+            "PISA Live is starting:",
+            f"  Admin       {base}/admin/   user {login.username}  password {password}",
+            f"  API docs    {base}/api/docs/",
+            f"  Health      {base}/api/v1/health/",
+            f"  Flower      http://{host}:{flower_port}/",
+            "Press Ctrl-C once to stop everything.",
+            "",
+        ]
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))

@@ -1,0 +1,96 @@
+"""Fixtures shared by every test: real PostgreSQL (pytest-django's test database), real Redis, real Celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _empty_broker():
+    """Tasks queued by an earlier, interrupted run must not be consumed by this run's workers."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache():
+    """Each test starts with an empty metrics cache (the broker's database is left alone)."""
+    client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    client.flushdb()
+    yield
+    client.close()
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """The environment a child process of the product needs to see what this test sees: the *test* database."""
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env["DATABASE_URL"] = (
+        f"postgresql://{db['USER']}{':' + db['PASSWORD'] if db.get('PASSWORD') else ''}@{db['HOST']}:{db['PORT']}/"
+        f"{db['NAME']}"
+    )
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(overrides)
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` process, consuming the given queues, against the test database and Redis."""
+
+    def __init__(self, queues: str, name: str, concurrency: int = 1, pool: str = "prefork") -> None:
+        self.name = f"{name}@pytest"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "pisa_site", "worker", "--queues", queues, "--hostname",
+             self.name, "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "WARNING",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=subprocess_env(), start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        from pisa_site.celery import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
+            if app.control.ping(destination=[self.name], timeout=0.5):
+                return
+        raise TimeoutError(f"worker {self.name} did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """Start real Celery workers on demand: `worker = celery_worker_process("ingestion,metrics")`."""
+    started: list[WorkerProcess] = []
+
+    def start(queues: str = "ingestion,metrics", name: str = "worker", **kwargs) -> WorkerProcess:
+        worker = WorkerProcess(queues, f"{name}{len(started)}", **kwargs)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

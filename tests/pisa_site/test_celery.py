@@ -1,0 +1,43 @@
+"""Celery is configured on purpose, and a real worker built from that configuration serves both queues."""
+
+import pytest
+from django.conf import settings
+
+from pisa_site.celery import app
+
+
+def test_messages_outlive_the_longest_task():
+    # A message still unacknowledged after the visibility timeout is redelivered: if that could happen while the
+    # task still runs, it would run twice at once.
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    longest = max(
+        [settings.CELERY_TASK_TIME_LIMIT]
+        + [task.time_limit for task in app.tasks.values() if getattr(task, "time_limit", None)]
+    )
+    assert settings.CELERY_TASK_SOFT_TIME_LIMIT < settings.CELERY_TASK_TIME_LIMIT < visibility
+    assert longest < visibility
+
+
+def test_delivery_guarantees_are_at_least_once():
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+
+
+def test_project_tasks_are_routed_to_the_ingestion_or_metrics_queue():
+    router = app.amqp.router
+    project_tasks = [name for name in app.tasks if name.split(".")[0] in {"ingestion", "metrics"}]
+    for name in project_tasks:
+        queue = router.route({}, name)["queue"].name
+        assert queue == name.split(".")[0], name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_consumes_both_queues(celery_worker_process):
+    worker = celery_worker_process("ingestion,metrics")
+    queues = app.control.inspect(destination=[worker.name], timeout=5).active_queues()
+    assert {q["name"] for q in queues[worker.name]} == {"ingestion", "metrics"}
+    stats = app.control.inspect(destination=[worker.name], timeout=5).stats()[worker.name]
+    assert stats["prefetch_count"] == 1  # prefetch multiplier 1 x concurrency 1
