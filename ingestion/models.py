@@ -57,3 +57,110 @@ class Source(models.Model):
     @property
     def cursor_column_list(self) -> list[str]:
         return [column.strip() for column in self.cursor_columns.split(",") if column.strip()]
+
+
+class SourceState(models.Model):
+    """Where ingestion stands for one source: its bookmark, what it loaded, and how its last runs went."""
+
+    source = models.OneToOneField(Source, on_delete=models.CASCADE, primary_key=True, related_name="state")
+    # Inclusive cursor: the newest (created_at, id) loaded; the next run looks back a window before it.
+    bookmark_created_at = models.DateTimeField(null=True, blank=True)
+    bookmark_id = models.BigIntegerField(null=True, blank=True)
+    rows_loaded = models.BigIntegerField(default=0, help_text="Students from this source in the warehouse.")
+    quarantined_count = models.BigIntegerField(default=0)
+    newest_created_at = models.DateTimeField(null=True, blank=True, help_text="Newest loaded created_at.")
+    source_max_id = models.BigIntegerField(null=True, blank=True)
+    source_row_count = models.BigIntegerField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_batch_size = models.IntegerField(default=0)
+    last_batch_seconds = models.FloatField(default=0)
+    last_reconciled_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.IntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="While failing: no attempt before this time.")
+
+    def __str__(self) -> str:
+        return f"state of {self.source_id}"
+
+
+class AnalysisValues(models.Model):
+    """The typed, NULL-for-missing values the metrics read (see ingestion/layout.py); fields added below."""
+
+    country = models.CharField(max_length=8)
+    cntschid = models.BigIntegerField(null=True)
+    source_created_at = models.DateTimeField(help_text="Submission time: the source row's created_at.")
+
+    class Meta:
+        abstract = True
+
+
+def _add_analysis_fields(model: type[models.Model]) -> None:
+    from ingestion.layout import ANALYSIS_COLUMNS
+
+    for column in ANALYSIS_COLUMNS:
+        model.add_to_class(column, models.FloatField(null=True, blank=True))
+
+
+class Student(AnalysisValues):
+    """One PISA student in the warehouse, keyed by (country, CNTSTUID)."""
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="students")
+    cntstuid = models.BigIntegerField()
+    source_row_id = models.BigIntegerField()
+    raw = models.TextField(help_text="All 1,118 values as a COPY text line in codebook order (lossless).")
+    raw_md5 = models.CharField(max_length=32, help_text="MD5 of raw: finds rows changed in the source.")
+    loaded_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["country", "cntstuid"], name="student_country_cntstuid")]
+        indexes = [
+            models.Index(fields=["source", "source_row_id"], name="student_source_row"),
+            models.Index(fields=["country", "source_created_at"], name="student_country_created"),
+        ]
+
+
+class StudentChange(AnalysisValues):
+    """Append-only log of what each load did to the analysis values: +1 for a new version, -1 for a replaced or
+    deleted one. The metrics refresh folds it into each country's running sums, so its cost follows the change."""
+
+    sign = models.SmallIntegerField()
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["country", "id"], name="change_country_id")]
+
+
+_add_analysis_fields(Student)
+_add_analysis_fields(StudentChange)
+
+
+class QuarantinedRow(models.Model):
+    """A source row that could not be loaded, with every reason; kept until the source fixes or deletes it."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="quarantined_rows")
+    source_row_id = models.BigIntegerField()
+    cntstuid = models.CharField(max_length=64, blank=True)
+    reasons = models.JSONField()
+    raw = models.TextField()
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "source_row_id"], name="quarantine_source_row")]
+        ordering = ["-last_seen_at"]
+
+
+class DuplicateStudent(models.Model):
+    """Two source rows with the same CNTSTUID: the latest (by created_at, id) is kept, the other recorded here."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="duplicates")
+    cntstuid = models.BigIntegerField()
+    kept_row_id = models.BigIntegerField()
+    superseded_row_id = models.BigIntegerField()
+    detected_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "superseded_row_id"], name="duplicate_source_superseded")
+        ]

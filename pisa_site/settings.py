@@ -34,6 +34,9 @@ def env_int(name: str, default: int) -> int:
 
 
 PISA_HOME = embedded.pisa_home()
+# Reference data (codebook, student sample, published means) shipped beside the checkout, never copied into it.
+PISA_SHARED_DIR = Path(os.environ.get("PISA_SHARED_DIR") or BASE_DIR.parent / "shared")
+PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or PISA_SHARED_DIR / "pisa2018" / "codebook.csv")
 
 # A management command or test run started outside `make run` finds embedded servers that are already up.
 for _name, _value in embedded.environment_for_running_services(PISA_HOME).items():
@@ -224,6 +227,17 @@ CELERY_TASK_DEFAULT_QUEUE = "ingestion"
 CELERY_TASK_ROUTES = {
     "ingestion.*": {"queue": "ingestion"},
     "metrics.*": {"queue": "metrics"},
+}
+INGEST_FAN_OUT_SECONDS = float(os.environ.get("INGEST_FAN_OUT_SECONDS", "1"))
+INGEST_LOOKBACK_SECONDS = env_int("INGEST_LOOKBACK_SECONDS", 120)
+INGEST_RECONCILE_SECONDS = env_int("INGEST_RECONCILE_SECONDS", 60)
+CELERY_BEAT_SCHEDULE = {
+    # Every second: one sync task per due source. A late fan-out is worthless, so it expires before the next one.
+    "ingestion-fan-out": {
+        "task": "ingestion.fan_out",
+        "schedule": INGEST_FAN_OUT_SECONDS,
+        "options": {"expires": INGEST_FAN_OUT_SECONDS * 0.9},
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(PISA_HOME / "celerybeat-schedule")
 CELERY_TIMEZONE = TIME_ZONE

@@ -14,7 +14,15 @@ import redis
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("PISA_SHARED_DIR") or ROOT.parent / "shared")
+
+
+def shared_path(*parts: str) -> Path:
+    """A file of the shared reference data; the test is skipped, saying why, when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference data not found: {path}")
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,51 @@
+"""How a PISA response is laid out in the warehouse.
+
+A source row has 1,118 PISA variables. PostgreSQL allows 1,600 columns and ~8 KB per row, and 1,118 `float8` columns
+would need ~9 KB, so the warehouse keeps each student as:
+
+- **raw**: every one of the 1,118 values, losslessly, as the tab-separated line of PostgreSQL's COPY text format
+  (`\\N` for NULL, the source's own spelling otherwise: `NA` stays `NA`), in codebook order. One TOAST-compressed text
+  value (~1-2 KB on disk) instead of 1,118 columns; a single variable is `split_part(raw, E'\\t', position)`.
+- **analysis columns**: the ~120 values the metrics read on every refresh (final and 80 replicate weights, 30 plausible
+  values, gender, ESCS, TMINS, DURECEC, BELONG) as nullable `float8`, with every PISA missing code already NULL, so
+  a 99 can never enter an average.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from django.conf import settings
+
+from codebook.catalogue import VariableSpec, read_codebook_csv
+
+KEY_VARIABLES = ("CNT", "CNTSCHID", "CNTSTUID")
+REPLICATE_WEIGHTS = tuple(f"W_FSTURWT{g}" for g in range(1, 81))
+WEIGHTS = ("W_FSTUWT", *REPLICATE_WEIGHTS)
+SCORE_DOMAINS = ("READ", "MATH", "SCIE")
+PLAUSIBLE_VALUES = tuple(f"PV{m}{domain}" for domain in SCORE_DOMAINS for m in range(1, 11))
+COVARIATES = ("ST004D01T", "ESCS", "TMINS", "DURECEC", "BELONG")
+# Variables kept as typed, NULL-for-missing columns for the metrics (in this order).
+ANALYSIS_VARIABLES = (*WEIGHTS, *PLAUSIBLE_VALUES, *COVARIATES)
+
+
+def analysis_column(variable: str) -> str:
+    return variable.lower()
+
+
+ANALYSIS_COLUMNS = tuple(analysis_column(v) for v in ANALYSIS_VARIABLES)
+
+
+@lru_cache(maxsize=1)
+def _specs_from_file(path: str) -> tuple[VariableSpec, ...]:
+    return tuple(read_codebook_csv(path))
+
+
+def pisa_variables() -> tuple[VariableSpec, ...]:
+    """The 1,118 variables in codebook order: the order of the raw line's fields."""
+    try:
+        from codebook.selectors import variable_specs
+    except ImportError:  # the codebook app's database layer is not there yet
+        return _specs_from_file(str(settings.PISA_CODEBOOK_PATH))
+    specs = variable_specs()
+    return tuple(specs) if specs else _specs_from_file(str(settings.PISA_CODEBOOK_PATH))

@@ -1,0 +1,183 @@
+"""Writing a transformed batch into the warehouse: one transaction, COPY into a staging table, then set-based SQL.
+
+Inside that one transaction the batch's students are upserted (latest `created_at, id` wins per country+CNTSTUID),
+the analysis values they replace or add are appended to the change log (-1 / +1), bad rows are quarantined, and the
+caller advances the source's bookmark. A crash at any point rolls all of it back; the next run reads the same rows
+again and the upsert makes that harmless.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from django.db import connection
+from psycopg2.extras import Json, execute_values
+
+from ingestion.layout import ANALYSIS_COLUMNS
+from ingestion.models import DuplicateStudent, QuarantinedRow, Student, StudentChange
+from ingestion.transform import Transformed
+
+STUDENT = Student._meta.db_table
+CHANGE = StudentChange._meta.db_table
+QUARANTINE = QuarantinedRow._meta.db_table
+DUPLICATE = DuplicateStudent._meta.db_table
+STAGING = "ingest_staging"
+ANALYSIS = ", ".join(ANALYSIS_COLUMNS)
+CHANGE_COLUMNS = f"country, cntschid, source_created_at, {ANALYSIS}"
+
+
+@dataclass
+class LoadResult:
+    inserted_or_updated: int = 0
+    removed: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserted_or_updated or self.removed)
+
+
+def _ensure_staging(cursor) -> None:
+    # A temporary table per connection, emptied at each commit: no catalog churn per batch.
+    cursor.execute(
+        f"""CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
+                country varchar(8), cntstuid bigint, cntschid bigint, source_row_id bigint,
+                source_created_at timestamptz, raw_md5 varchar(32), raw text,
+                {", ".join(f"{c} float8" for c in ANALYSIS_COLUMNS)}
+            ) ON COMMIT DELETE ROWS"""
+    )
+
+
+def _escape_field(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _staging_payload(batch: Transformed, country: str) -> io.StringIO:
+    good = batch.good
+    index = batch.good_index
+    analysis = pd.DataFrame(batch.analysis).to_csv(sep="\t", header=False, index=False, na_rep="\\N",
+                                                   lineterminator="\n").splitlines()
+    created = good.created_at.iloc[index].map(lambda ts: ts.isoformat()).tolist()
+    lines = []
+    for k, i in enumerate(index):
+        school = batch.cntschid[k]
+        lines.append("\t".join((
+            country, str(batch.cntstuid[k]), "\\N" if np.isnan(school) else str(int(school)), str(good.row_ids[i]),
+            created[k], good.raw_md5[i], _escape_field(good.raw[i]), analysis[k] if len(ANALYSIS_COLUMNS) else "",
+        )))
+    return io.StringIO("\n".join(lines) + ("\n" if lines else ""))
+
+
+def batch_load(*, source_id: int, country: str, batch: Transformed) -> LoadResult:
+    """Apply one batch. Must run inside transaction.atomic() together with the bookmark update."""
+    result = LoadResult(quarantined=len(batch.quarantined))
+    with connection.cursor() as cursor:
+        cursor = cursor.cursor  # psycopg2's own cursor, for COPY
+        _ensure_staging(cursor)
+        cursor.copy_expert(
+            f"COPY {STAGING} (country, cntstuid, cntschid, source_row_id, source_created_at, raw_md5, raw, {ANALYSIS})"
+            " FROM STDIN",
+            _staging_payload(batch, country),
+        )
+        # A source row whose CNTSTUID changed leaves its old student behind: remove that one first.
+        cursor.execute(
+            f"""WITH gone AS (
+                    DELETE FROM {STUDENT} s USING {STAGING} t
+                    WHERE s.source_id = %s AND s.source_row_id = t.source_row_id AND s.cntstuid <> t.cntstuid
+                    RETURNING s.*)
+                INSERT INTO {CHANGE} (sign, recorded_at, {CHANGE_COLUMNS})
+                SELECT -1, now(), {CHANGE_COLUMNS} FROM gone""",
+            [source_id],
+        )
+        result.removed += cursor.rowcount
+        # Different source rows for one student: record who lost, whichever side it is on.
+        cursor.execute(
+            f"""INSERT INTO {DUPLICATE} (source_id, cntstuid, kept_row_id, superseded_row_id, detected_at)
+                SELECT %s, t.cntstuid,
+                       CASE WHEN (s.source_created_at, s.source_row_id) <= (t.source_created_at, t.source_row_id)
+                            THEN t.source_row_id ELSE s.source_row_id END,
+                       CASE WHEN (s.source_created_at, s.source_row_id) <= (t.source_created_at, t.source_row_id)
+                            THEN s.source_row_id ELSE t.source_row_id END,
+                       now()
+                FROM {STAGING} t JOIN {STUDENT} s ON s.country = t.country AND s.cntstuid = t.cntstuid
+                WHERE s.source_row_id <> t.source_row_id
+                ON CONFLICT (source_id, superseded_row_id) DO UPDATE SET kept_row_id = EXCLUDED.kept_row_id""",
+            [source_id],
+        )
+        result.duplicates += cursor.rowcount
+        # The versions about to be replaced leave the running sums...
+        cursor.execute(
+            f"""INSERT INTO {CHANGE} (sign, recorded_at, {CHANGE_COLUMNS})
+                SELECT -1, now(), {", ".join(f"s.{c}" for c in CHANGE_COLUMNS.split(", "))}
+                FROM {STUDENT} s JOIN {STAGING} t ON s.country = t.country AND s.cntstuid = t.cntstuid
+                WHERE (s.source_created_at, s.source_row_id) <= (t.source_created_at, t.source_row_id)
+                  AND (s.source_row_id <> t.source_row_id OR s.raw_md5 <> t.raw_md5)"""
+        )
+        # ...and the new versions enter them.
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in
+                            ("source_id", "cntschid", "source_row_id", "source_created_at", "raw", "raw_md5",
+                             *ANALYSIS_COLUMNS))
+        cursor.execute(
+            f"""WITH upserted AS (
+                    INSERT INTO {STUDENT} (source_id, country, cntstuid, cntschid, source_row_id, source_created_at,
+                                           raw, raw_md5, loaded_at, {ANALYSIS})
+                    SELECT %s, country, cntstuid, cntschid, source_row_id, source_created_at, raw, raw_md5, now(),
+                           {ANALYSIS}
+                    FROM {STAGING}
+                    ON CONFLICT (country, cntstuid) DO UPDATE SET {updates}, loaded_at = now()
+                    WHERE ({STUDENT}.source_created_at, {STUDENT}.source_row_id)
+                          <= (EXCLUDED.source_created_at, EXCLUDED.source_row_id)
+                      AND ({STUDENT}.source_row_id <> EXCLUDED.source_row_id OR {STUDENT}.raw_md5 <> EXCLUDED.raw_md5)
+                    RETURNING {CHANGE_COLUMNS})
+                INSERT INTO {CHANGE} (sign, recorded_at, {CHANGE_COLUMNS})
+                SELECT 1, now(), {CHANGE_COLUMNS} FROM upserted""",
+            [source_id],
+        )
+        result.inserted_or_updated += cursor.rowcount
+        # Rows that load now are no longer in quarantine (the source fixed them).
+        cursor.execute(
+            f"DELETE FROM {QUARANTINE} q USING {STAGING} t WHERE q.source_id = %s AND q.source_row_id = t.source_row_id",
+            [source_id],
+        )
+        if batch.duplicates:
+            execute_values(
+                cursor,
+                f"""INSERT INTO {DUPLICATE} (source_id, cntstuid, kept_row_id, superseded_row_id, detected_at)
+                    VALUES %s ON CONFLICT (source_id, superseded_row_id) DO UPDATE SET kept_row_id = EXCLUDED.kept_row_id""",
+                [(source_id, d.cntstuid, d.kept_row_id, d.superseded_row_id) for d in batch.duplicates],
+                template="(%s, %s, %s, %s, now())",
+            )
+        if batch.quarantined:
+            result.removed += _quarantine(cursor, source_id, batch.quarantined)
+    return result
+
+
+def _quarantine(cursor, source_id: int, rows) -> int:
+    execute_values(
+        cursor,
+        f"""INSERT INTO {QUARANTINE} (source_id, source_row_id, cntstuid, reasons, raw, first_seen_at, last_seen_at)
+            VALUES %s
+            ON CONFLICT (source_id, source_row_id)
+            DO UPDATE SET reasons = EXCLUDED.reasons, raw = EXCLUDED.raw, cntstuid = EXCLUDED.cntstuid,
+                          last_seen_at = now()""",
+        [(source_id, row_id, cntstuid[:64], Json(reasons), raw) for row_id, cntstuid, reasons, raw in rows],
+        template="(%s, %s, %s, %s, %s, now(), now())",
+    )
+    # A row that used to be good and was changed into a bad one no longer counts as a student.
+    return students_remove(cursor, source_id=source_id, row_ids=[row[0] for row in rows])
+
+
+def students_remove(cursor, *, source_id: int, row_ids: list[int] | None) -> int:
+    """Remove students loaded from these source rows (all of the source's when None), logging -1 changes."""
+    condition = "source_id = %s" + ("" if row_ids is None else " AND source_row_id = ANY(%s)")
+    params: list = [source_id] if row_ids is None else [source_id, list(row_ids)]
+    cursor.execute(
+        f"""WITH gone AS (DELETE FROM {STUDENT} WHERE {condition} RETURNING {CHANGE_COLUMNS})
+            INSERT INTO {CHANGE} (sign, recorded_at, {CHANGE_COLUMNS}) SELECT -1, now(), {CHANGE_COLUMNS} FROM gone""",
+        params,
+    )
+    return cursor.rowcount

@@ -1,0 +1,246 @@
+"""Keeping one source in the warehouse: the service behind the Celery task and `manage.py ingest`.
+
+One run of `source_sync`:
+
+1. **Reset check**: if the source's max id went backwards (emptied, truncated, recreated), forget what came from it
+   and load it again from scratch.
+2. **New and late rows**: list the ids created since the bookmark minus a look-back window (cheap: ids only), subtract
+   the ids already accounted for (loaded, quarantined or superseded), and load the rest in bounded batches. A long
+   transaction that commits rows older than the bookmark is caught by the window.
+3. **Deletes and very late rows**: if the source's row count up to its max id differs from what we account for, diff
+   the full id lists, remove what the source no longer has and load what we lack.
+4. **Updates**: every `RECONCILE_SECONDS`, re-read the source in id ranges and reload rows whose content hash differs.
+
+Each batch is loaded in its own transaction together with the bookmark and counters, so memory stays flat and a crash
+loses nothing. Metrics are refreshed after commit when anything changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from ingestion.extract import SourceReader, SourceUnavailable
+from ingestion.layout import pisa_variables
+from ingestion.load import LoadResult, batch_load, students_remove
+from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
+from ingestion.transform import transform
+
+logger = logging.getLogger(__name__)
+
+# Rows per load transaction: ~4 KB each on the wire, so a batch is a few MB whatever the backlog.
+BATCH_ROWS = 2000
+# How far before the bookmark each run looks for rows committed late by long transactions.
+LOOKBACK = dt.timedelta(seconds=getattr(settings, "INGEST_LOOKBACK_SECONDS", 120))
+RECONCILE_SECONDS = getattr(settings, "INGEST_RECONCILE_SECONDS", 60)
+# Rows per id range when re-reading a source to find updated rows.
+RECONCILE_RANGE = 5000
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+
+
+@dataclass
+class SyncResult:
+    source: str
+    loaded: int = 0
+    removed: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    reset: bool = False
+    reconciled: bool = False
+    seconds: float = 0.0
+    error: str = ""
+    changed_countries: set[str] = field(default_factory=set)
+
+    def add(self, load: LoadResult) -> None:
+        self.loaded += load.inserted_or_updated
+        self.removed += load.removed
+        self.quarantined += load.quarantined
+        self.duplicates += load.duplicates
+        self.batches += 1
+
+
+Progress = Callable[[int], None]
+
+
+def _accounted_ids(source: Source, *, since: dt.datetime | None = None) -> set[int]:
+    """Source row ids the warehouse already accounts for: loaded, quarantined, or superseded by a duplicate."""
+    students = Student.objects.filter(source=source)
+    if since is not None:
+        students = students.filter(source_created_at__gte=since)
+    ids = set(students.values_list("source_row_id", flat=True))
+    ids.update(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True))
+    ids.update(DuplicateStudent.objects.filter(source=source).values_list("superseded_row_id", flat=True))
+    return ids
+
+
+def _load_lines(source: Source, state: SourceState, lines: list[bytes], result: SyncResult) -> None:
+    if not lines:
+        return
+    started = time.perf_counter()
+    batch = transform(lines, pisa_variables(), country=source.code)
+    with transaction.atomic():
+        load = batch_load(source_id=source.pk, country=source.code, batch=batch)
+        newest = batch.good.created_at.max()
+        if newest is not None and not isinstance(newest, type(None)) and newest == newest:  # NaT-safe
+            newest = newest.to_pydatetime()
+            if state.bookmark_created_at is None or newest > state.bookmark_created_at:
+                state.bookmark_created_at = newest
+                state.newest_created_at = newest
+        max_id = int(batch.good.row_ids.max())
+        state.bookmark_id = max(state.bookmark_id or 0, max_id)
+        state.last_batch_size = len(lines)
+        state.last_batch_seconds = time.perf_counter() - started
+        state.save(update_fields=["bookmark_created_at", "newest_created_at", "bookmark_id", "last_batch_size",
+                                  "last_batch_seconds"])
+        if load.changed:
+            _refresh_metrics_after_commit(source.code)
+    result.add(load)
+    if load.changed:
+        result.changed_countries.add(source.code)
+
+
+def _refresh_metrics_after_commit(country: str) -> None:
+    from ingestion.followup import metrics_refresh_request
+
+    transaction.on_commit(lambda: metrics_refresh_request(country=country))
+
+
+def _in_batches(ids: list[int]) -> Iterable[list[int]]:
+    for start in range(0, len(ids), BATCH_ROWS):
+        yield ids[start:start + BATCH_ROWS]
+
+
+def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncResult, progress: Progress | None):
+    for chunk in _in_batches(sorted(ids)):
+        _load_lines(source, state, reader.lines_for_ids(chunk), result)
+        if progress:
+            progress(len(chunk))
+
+
+def source_forget(*, source: Source) -> int:
+    """Remove everything loaded from a source (it was emptied or replaced), logging -1 changes for the metrics."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            removed = students_remove(cursor.cursor, source_id=source.pk, row_ids=None)
+        QuarantinedRow.objects.filter(source=source).delete()
+        DuplicateStudent.objects.filter(source=source).delete()
+        SourceState.objects.filter(source=source).update(bookmark_created_at=None, bookmark_id=None,
+                                                         newest_created_at=None, source_max_id=None)
+        if removed:
+            _refresh_metrics_after_commit(source.code)
+    return removed
+
+
+def source_sync(*, source_id: int, full: bool = False, progress: Progress | None = None,
+                pending: Callable[[int], None] | None = None) -> SyncResult:
+    """Bring the warehouse up to date with one source. Safe to run again at any time (idempotent)."""
+    started = time.perf_counter()
+    source = Source.objects.get(pk=source_id)
+    state, _ = SourceState.objects.get_or_create(source=source)
+    result = SyncResult(source=source.code)
+    try:
+        reader = SourceReader(source, pisa_variables())
+        snapshot = reader.snapshot()
+        went_backwards = (state.source_max_id is not None
+                          and (snapshot.max_id is None or snapshot.max_id < state.source_max_id))
+        if went_backwards or (full and state.bookmark_id is not None):
+            result.removed += source_forget(source=source)
+            result.reset = True
+            state.refresh_from_db()
+
+        window_start = None if state.bookmark_created_at is None else state.bookmark_created_at - LOOKBACK
+        candidates = reader.ids_created_since(window_start, up_to_id=snapshot.max_id)
+        missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
+        if pending:
+            pending(len(missing))
+        _load_ids(reader, source, state, missing, result, progress)
+
+        if snapshot.max_id is not None:
+            accounted = _accounted_ids(source)
+            accounted_up_to_max = sum(1 for i in accounted if i <= snapshot.max_id)
+            if reader.count_up_to(snapshot.max_id) != accounted_up_to_max:
+                _diff_ids(reader, source, state, snapshot.max_id, accounted, result, progress)
+
+        due = (state.last_reconciled_at is None
+               or timezone.now() - state.last_reconciled_at > dt.timedelta(seconds=RECONCILE_SECONDS))
+        if (due or full) and snapshot.max_id is not None:
+            _reconcile_content(reader, source, state, snapshot.max_id, result)
+            state.last_reconciled_at = timezone.now()
+            result.reconciled = True
+
+        state.source_max_id = snapshot.max_id
+        state.source_row_count = snapshot.row_count
+        state.last_success_at = timezone.now()
+        state.last_error = ""
+        state.consecutive_failures = 0
+        state.retry_at = None
+    except SourceUnavailable as exc:
+        result.error = str(exc)
+        _record_failure(state, result.error)
+    finally:
+        state.rows_loaded = Student.objects.filter(source=source).count()
+        state.quarantined_count = QuarantinedRow.objects.filter(source=source).count()
+        newest = Student.objects.filter(source=source).aggregate(newest=Max("source_created_at"))["newest"]
+        state.newest_created_at = newest
+        state.save()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _record_failure(state: SourceState, message: str) -> None:
+    """Back off exponentially with jitter, so a dead source costs little and does not slow the others."""
+    state.consecutive_failures += 1
+    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.consecutive_failures - 1))
+    state.retry_at = timezone.now() + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
+    state.last_error = message
+    state.last_error_at = timezone.now()
+    logger.warning("source %s unavailable (%s failures in a row): %s", state.source_id,
+                   state.consecutive_failures, message)
+
+
+def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: SyncResult, progress) -> None:
+    present = set(reader.ids_created_since(None, up_to_id=max_id))
+    vanished = sorted(i for i in accounted if i <= max_id and i not in present)
+    if vanished:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                removed = students_remove(cursor.cursor, source_id=source.pk, row_ids=vanished)
+            QuarantinedRow.objects.filter(source=source, source_row_id__in=vanished).delete()
+            DuplicateStudent.objects.filter(source=source, superseded_row_id__in=vanished).delete()
+            if removed:
+                _refresh_metrics_after_commit(source.code)
+        result.removed += removed
+        if removed:
+            result.changed_countries.add(source.code)
+    _load_ids(reader, source, state, sorted(present - accounted), result, progress)
+
+
+def _reconcile_content(reader, source, state, max_id: int, result: SyncResult) -> None:
+    """Find rows changed in place (same id, new values) by comparing content hashes range by range."""
+    stored = dict(Student.objects.filter(source=source).values_list("source_row_id", "raw_md5"))
+    quarantined_ids = set(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True))
+    import hashlib
+
+    for low in range(0, max_id + 1, RECONCILE_RANGE):
+        lines = reader.lines_in_id_range(low, low + RECONCILE_RANGE - 1)
+        changed = []
+        for line in lines:
+            row_id_text, _, rest = line.partition(b"\t")
+            row_id = int(row_id_text)
+            body = rest.split(b"\t", 1)[1] if b"\t" in rest else b""
+            digest = hashlib.md5(body.decode("utf-8", "replace").encode()).hexdigest()
+            if row_id in quarantined_ids or (row_id in stored and stored[row_id] != digest):
+                changed.append(line)
+        if changed:
+            _load_lines(source, state, changed, result)

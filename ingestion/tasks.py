@@ -1,0 +1,63 @@
+"""Celery tasks of the ingestion queue. They receive ids, call services, and own only lock and scheduling policy."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.utils import timezone
+
+from ingestion import extract
+from ingestion.locks import claim_interval, is_locked, redis_lock
+from ingestion.models import Source
+from ingestion.pipeline import source_sync
+
+logger = logging.getLogger(__name__)
+
+SYNC_SOFT_TIME_LIMIT = 60
+SYNC_TIME_LIMIT = 90
+# Longer than the hard limit: a worker killed mid-run releases the source when the lock expires.
+SYNC_LOCK_SECONDS = SYNC_TIME_LIMIT + 30
+# A fan-out message older than this is dropped rather than run late: the next second sends a fresh one.
+FAN_OUT_EXPIRES_SECONDS = 5
+
+
+@worker_process_init.connect
+def _fresh_source_connections(**kwargs):
+    extract.dispose_engines()
+
+
+@shared_task(name="ingestion.fan_out", ignore_result=True, soft_time_limit=10, time_limit=15)
+def fan_out() -> int:
+    """Run by beat every second: queue one sync per enabled source that is due, not running and not backing off."""
+    now = timezone.now()
+    queued = 0
+    for source in Source.objects.filter(enabled=True).select_related("state"):
+        state = getattr(source, "state", None)
+        if state is not None and state.retry_at and state.retry_at > now:
+            continue
+        if is_locked(f"source:{source.pk}"):
+            continue
+        if not claim_interval(f"source:{source.pk}", seconds=source.poll_interval_seconds):
+            continue
+        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code},
+                                expires=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2))
+        queued += 1
+    return queued
+
+
+@shared_task(name="ingestion.sync_source", ignore_result=True, acks_late=True,
+             soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_TIME_LIMIT)
+def sync_source(source_id: int, code: str = "") -> dict:
+    """Bring one source up to date. `code` is only there so Flower shows which country a task is for."""
+    with redis_lock(f"source:{source_id}", ttl_seconds=SYNC_LOCK_SECONDS) as acquired:
+        if not acquired:
+            return {"source": code, "skipped": "already running"}
+        result = source_sync(source_id=source_id)
+    if result.error:
+        logger.warning("sync %s failed: %s", code, result.error)
+    elif result.loaded or result.removed:
+        logger.info("sync %s: +%s -%s quarantined %s in %.2fs", code, result.loaded, result.removed,
+                    result.quarantined, result.seconds)
+    return {"source": code, "loaded": result.loaded, "removed": result.removed, "error": result.error}

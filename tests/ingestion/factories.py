@@ -1,0 +1,145 @@
+"""Real source databases for ingestion tests: a PostgreSQL database per source on the test server (or SQLite),
+with a 1,120-column `responses` table filled from the shared real-shaped student sample."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+import uuid
+from functools import lru_cache
+
+import psycopg2
+import sqlalchemy as sa
+from django.conf import settings
+
+from codebook.catalogue import VariableSpec
+from ingestion.layout import pisa_variables
+from ingestion.models import Source
+from tests.conftest import shared_path
+
+
+def column_type(spec: VariableSpec, style: str):
+    if style == "text" or spec.is_text:
+        return sa.Text()
+    if spec.decimals == 0:
+        return sa.SmallInteger() if spec.width <= 4 else sa.Integer() if spec.width <= 9 else sa.BigInteger()
+    return sa.Float(precision=53)
+
+
+def responses_table(style: str, *, upper_case: bool = False) -> sa.Table:
+    columns = [sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), sa.Identity(), primary_key=True),
+               sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())]
+    for spec in pisa_variables():
+        columns.append(sa.Column(spec.name if upper_case else spec.name.lower(), column_type(spec, style)))
+    return sa.Table("responses", sa.MetaData(), *columns)
+
+
+@lru_cache(maxsize=1)
+def sample_records() -> tuple[dict[str, str], ...]:
+    with open(shared_path("pisa2018", "students_sample.csv"), newline="") as handle:
+        return tuple(csv.DictReader(handle))
+
+
+_student_ids = itertools.count(10_000_000)
+
+
+def typed_value(spec: VariableSpec, text: str):
+    if text == "":
+        return None
+    if spec.is_text:
+        return text
+    number = float(text)
+    return int(number) if spec.decimals == 0 else number
+
+
+class SourceDatabase:
+    """One source: a real database with a `responses` table, registered as a `Source`."""
+
+    def __init__(self, code: str, *, style: str = "typed", dialect: str = "postgresql", tmp_path=None,
+                 upper_case: bool = False) -> None:
+        self.code = code
+        self.style = style
+        self.variables = pisa_variables()
+        if dialect == "postgresql":
+            db = settings.DATABASES["default"]
+            self.database = f"pisa_test_src_{code.lower()}_{uuid.uuid4().hex[:8]}"
+            self.admin_dsn = dict(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db.get("PASSWORD") or None,
+                                  dbname="postgres")
+            admin = psycopg2.connect(**self.admin_dsn)
+            admin.autocommit = True
+            admin.cursor().execute(f'CREATE DATABASE "{self.database}"')
+            admin.close()
+            password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+            self.url = f"postgresql+psycopg2://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{self.database}"
+        else:
+            self.database = None
+            self.url = f"sqlite:///{tmp_path / f'{code.lower()}.sqlite3'}"
+        self.engine = sa.create_engine(self.url)
+        self.table = responses_table(style, upper_case=upper_case)
+        self.table.metadata.create_all(self.engine)
+        self.source = Source.objects.create(code=code, name=f"Test {code}", url=self.url)
+
+    def student(self, **overrides) -> dict:
+        """A real-shaped student from the shared sample, re-keyed to this source's country."""
+        record = sample_records()[next(_student_ids) % len(sample_records())]
+        row = {}
+        for spec in self.variables:
+            value = typed_value(spec, record.get(spec.name, ""))
+            row[spec.name] = value
+        row["CNT"] = self.code
+        row["CNTSTUID"] = next(_student_ids)
+        row.update(overrides)
+        return row
+
+    def _column_values(self, row: dict) -> dict:
+        values = {}
+        by_lower = {name.lower(): value for name, value in row.items()}
+        for column in self.table.columns:
+            if column.name in ("id", "created_at"):
+                continue
+            value = by_lower.get(column.name.lower())
+            if self.style == "text":
+                value = "NA" if value is None else (str(value) if not isinstance(value, float) or value != int(value)
+                                                    else str(int(value)))
+            values[column.name] = value
+        if "created_at" in row:
+            values["created_at"] = row["created_at"]
+        return values
+
+    def insert(self, rows: list[dict], *, connection=None) -> list[int]:
+        statement = self.table.insert().returning(self.table.c.id)
+        if connection is not None:
+            return [r[0] for r in connection.execute(statement, [self._column_values(r) for r in rows])]
+        with self.engine.begin() as conn:
+            return [r[0] for r in conn.execute(statement, [self._column_values(r) for r in rows])]
+
+    def insert_students(self, n: int, **overrides) -> list[int]:
+        return self.insert([self.student(**overrides) for _ in range(n)])
+
+    def execute(self, sql: str, **params):
+        with self.engine.begin() as conn:
+            return conn.execute(sa.text(sql), params)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
+
+    def ids(self) -> set[int]:
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(self.table.c.id))}
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        from ingestion.extract import dispose_engines
+
+        dispose_engines()
+        if self.database:
+            admin = psycopg2.connect(**self.admin_dsn)
+            admin.autocommit = True
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            admin.close()
+
+
+def minutes_ago(minutes: float) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)

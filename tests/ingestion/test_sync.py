@@ -1,0 +1,132 @@
+"""source_sync keeps the warehouse equal to the sources: new, late, updated, deleted and emptied rows."""
+
+import math
+
+import pytest
+import sqlalchemy as sa
+
+from ingestion.models import SourceState, Student, StudentChange
+from ingestion.pipeline import source_sync
+from tests.ingestion.factories import minutes_ago
+
+
+def warehouse_ids(source) -> set[int]:
+    return set(Student.objects.filter(source=source).values_list("source_row_id", flat=True))
+
+
+def test_first_run_loads_every_row_and_later_runs_only_the_new_ones(source_db):
+    alb = source_db("ALB")
+    first = alb.insert_students(40)
+    result = source_sync(source_id=alb.source.pk)
+    assert result.loaded == 40 and result.error == ""
+    assert warehouse_ids(alb.source) == set(first)
+
+    second = alb.insert_students(25)
+    result = source_sync(source_id=alb.source.pk)
+    assert result.loaded == 25
+    assert warehouse_ids(alb.source) == set(first) | set(second)
+    assert source_sync(source_id=alb.source.pk).loaded == 0
+
+
+def test_rows_committed_late_by_a_long_transaction_are_not_missed(source_db):
+    alb = source_db("ALB")
+    with alb.engine.connect() as long_transaction:
+        # This transaction takes its ids and timestamps first, but commits after newer rows.
+        late = alb.insert([alb.student(created_at=minutes_ago(1))], connection=long_transaction)
+        on_time = alb.insert_students(10)
+        assert source_sync(source_id=alb.source.pk).loaded == 10
+        long_transaction.commit()
+    assert max(late) < min(on_time)
+    result = source_sync(source_id=alb.source.pk)
+    assert result.loaded == 1
+    assert warehouse_ids(alb.source) == set(late) | set(on_time)
+
+
+def test_an_emptied_source_is_resynced(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(30)
+    source_sync(source_id=alb.source.pk)
+    alb.execute("TRUNCATE responses RESTART IDENTITY")
+    fresh = alb.insert_students(5)
+    result = source_sync(source_id=alb.source.pk)
+    assert result.reset
+    assert warehouse_ids(alb.source) == set(fresh)
+    assert SourceState.objects.get(source=alb.source).rows_loaded == 5
+
+
+def test_deleted_rows_leave_the_warehouse(source_db):
+    alb = source_db("ALB")
+    ids = alb.insert_students(20)
+    source_sync(source_id=alb.source.pk)
+    alb.execute("DELETE FROM responses WHERE id = ANY(:ids)", ids=ids[:3])
+    result = source_sync(source_id=alb.source.pk)
+    assert result.removed == 3
+    assert warehouse_ids(alb.source) == set(ids[3:])
+
+
+def test_updated_rows_are_applied_and_logged_as_a_change(source_db):
+    alb = source_db("ALB")
+    ids = alb.insert_students(10, ESCS=0.25)
+    source_sync(source_id=alb.source.pk)
+    alb.execute("UPDATE responses SET escs = 1.5 WHERE id = :id", id=ids[0])
+    SourceState.objects.filter(source=alb.source).update(last_reconciled_at=None)  # reconcile is due
+    result = source_sync(source_id=alb.source.pk)
+    assert result.reconciled and result.loaded == 1
+    assert Student.objects.get(source=alb.source, source_row_id=ids[0]).escs == 1.5
+    changes = list(StudentChange.objects.filter(country="ALB", escs__in=[0.25, 1.5]).values_list("sign", "escs"))
+    assert changes.count((1, 0.25)) == 10 and (-1, 0.25) in changes and (1, 1.5) in changes
+
+
+def test_missing_codes_become_null_in_analysis_columns(source_db):
+    alb = source_db("ALB")
+    [row_id] = alb.insert([alb.student(ESCS=99.0, TMINS=99999997, ST004D01T=9, DURECEC=95, BELONG=None)])
+    source_sync(source_id=alb.source.pk)
+    student = Student.objects.get(source_row_id=row_id, source=alb.source)
+    assert (student.escs, student.tmins, student.st004d01t, student.durecec, student.belong) == (None,) * 5
+
+
+def test_raw_keeps_all_1118_values_losslessly(source_db):
+    alb = source_db("ALB")
+    row = alb.student()
+    [row_id] = alb.insert([row])
+    source_sync(source_id=alb.source.pk)
+    raw = Student.objects.get(source_row_id=row_id, source=alb.source).raw.split("\t")
+    assert len(raw) == len(alb.variables) == 1118
+    for spec, text in zip(alb.variables, raw):
+        expected = row[spec.name]
+        if expected is None:
+            assert text == "\\N", spec.name
+        elif isinstance(expected, float):
+            assert float(text) == expected, spec.name
+        else:
+            assert text == str(expected), spec.name
+
+
+def test_text_style_sources_load_the_same_values_as_typed_ones(source_db):
+    typed, text = source_db("ALB"), source_db("ARG", style="text")
+    students = [typed.student() for _ in range(15)]
+    typed.insert(students)
+    text.insert([{**s, "CNT": "ARG"} for s in students])
+    source_sync(source_id=typed.source.pk)
+    source_sync(source_id=text.source.pk)
+    from ingestion.layout import ANALYSIS_COLUMNS
+
+    def analysis(code):
+        return [tuple(r) for r in Student.objects.filter(country=code).order_by("cntstuid")
+                .values_list("cntstuid", "cntschid", *ANALYSIS_COLUMNS)]
+
+    assert analysis("ALB") == analysis("ARG")
+    assert len(analysis("ARG")) == 15
+
+
+def test_upper_case_column_names_are_matched(source_db):
+    alb = source_db("ALB", upper_case=True)
+    alb.insert_students(5)
+    assert source_sync(source_id=alb.source.pk).loaded == 5
+
+
+def test_a_sqlite_source_loads_like_a_postgresql_one(source_db):
+    lite = source_db("ALB", dialect="sqlite")
+    ids = lite.insert_students(12)
+    assert source_sync(source_id=lite.source.pk).loaded == 12
+    assert warehouse_ids(lite.source) == set(ids)
