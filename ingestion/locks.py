@@ -1,16 +1,26 @@
-"""A per-source lock in Redis, so that one source is never extracted by two workers at once (even on two hosts)."""
+"""A per-source lock in Redis, so that one source is never extracted by two workers at once (even on two hosts).
+
+The lock is a short-lived key (`SET NX PX`) holding the Celery task id, renewed after every batch. If a worker dies,
+the source is free again within one TTL; if Celery redelivers the very message whose worker died
+(`reject_on_worker_lost`), the redelivery recognises its own task id and takes the lock over at once.
+
+Correctness does not rest on this lock alone: every warehouse write also takes a PostgreSQL advisory lock for its
+source (see ingestion/load.py), so even two overlapping runs could not double-count a change.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import secrets
+from dataclasses import dataclass
 
 from django.core.cache import cache
 
-# Deletes the key only if it still holds our token: a lock that expired and was taken by another worker is not ours
-# to release.
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -23,18 +33,33 @@ def lock_key(name: str) -> str:
     return f"pisa:lock:{name}"
 
 
+@dataclass
+class RedisLock:
+    name: str
+    token: str
+    ttl_ms: int
+    acquired: bool = False
+
+    def extend(self) -> bool:
+        """Renew the TTL; False if the lock was lost (expired and taken by someone else)."""
+        return bool(_client().eval(_EXTEND, 1, lock_key(self.name), self.token, self.ttl_ms))
+
+
 @contextlib.contextmanager
-def redis_lock(name: str, *, ttl_seconds: float):
-    """Yields True when acquired (SET NX PX), False when someone else holds it. The TTL must exceed the longest
-    time the holder can run (the task's hard time limit), so a killed holder cannot block the source forever."""
+def redis_lock(name: str, *, token: str, ttl_seconds: float):
+    """Yields a RedisLock; `.acquired` is False when another holder has it."""
     client = _client()
-    token = secrets.token_hex(16)
-    acquired = bool(client.set(lock_key(name), token, nx=True, px=int(ttl_seconds * 1000)))
+    lock = RedisLock(name=name, token=token, ttl_ms=int(ttl_seconds * 1000))
+    key = lock_key(name)
+    lock.acquired = bool(client.set(key, token, nx=True, px=lock.ttl_ms))
+    if not lock.acquired and client.get(key) == token.encode():
+        # The same task id holds it: an earlier delivery of this message, whose worker died. Take over.
+        lock.acquired = bool(client.set(key, token, xx=True, px=lock.ttl_ms))
     try:
-        yield acquired
+        yield lock
     finally:
-        if acquired:
-            client.eval(_RELEASE, 1, lock_key(name), token)
+        if lock.acquired:
+            client.eval(_RELEASE, 1, key, token)
 
 
 def is_locked(name: str) -> bool:

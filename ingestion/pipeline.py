@@ -18,6 +18,7 @@ loses nothing. Metrics are refreshed after commit when anything changed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import random
 import time
@@ -143,9 +144,21 @@ def source_forget(*, source: Source) -> int:
 
 
 def source_sync(*, source_id: int, full: bool = False, progress: Progress | None = None,
-                pending: Callable[[int], None] | None = None) -> SyncResult:
-    """Bring the warehouse up to date with one source. Safe to run again at any time (idempotent)."""
+                pending: Callable[[int], None] | None = None, heartbeat: Callable[[], object] | None = None
+                ) -> SyncResult:
+    """Bring the warehouse up to date with one source. Safe to run again at any time (idempotent).
+
+    `progress(n)` is called after each batch of n rows, `pending(n)` with the number of rows about to load, and
+    `heartbeat()` after each batch (the Celery task renews its lock there)."""
     started = time.perf_counter()
+    if heartbeat:
+        user_progress = progress
+
+        def progress(n: int) -> None:
+            heartbeat()
+            if user_progress:
+                user_progress(n)
+
     source = Source.objects.get(pk=source_id)
     state, _ = SourceState.objects.get_or_create(source=source)
     result = SyncResult(source=source.code)
@@ -159,7 +172,8 @@ def source_sync(*, source_id: int, full: bool = False, progress: Progress | None
             result.reset = True
             state.refresh_from_db()
 
-        window_start = None if state.bookmark_created_at is None else state.bookmark_created_at - LOOKBACK
+        first_load = state.bookmark_created_at is None
+        window_start = None if first_load else state.bookmark_created_at - LOOKBACK
         candidates = reader.ids_created_since(window_start, up_to_id=snapshot.max_id)
         missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
         if pending:
@@ -172,10 +186,12 @@ def source_sync(*, source_id: int, full: bool = False, progress: Progress | None
             if reader.count_up_to(snapshot.max_id) != accounted_up_to_max:
                 _diff_ids(reader, source, state, snapshot.max_id, accounted, result, progress)
 
+        if first_load:
+            state.last_reconciled_at = timezone.now()  # everything was just read: nothing to compare yet
         due = (state.last_reconciled_at is None
                or timezone.now() - state.last_reconciled_at > dt.timedelta(seconds=RECONCILE_SECONDS))
         if (due or full) and snapshot.max_id is not None:
-            _reconcile_content(reader, source, state, snapshot.max_id, result)
+            _reconcile_content(reader, source, state, snapshot.max_id, result, progress)
             state.last_reconciled_at = timezone.now()
             result.reconciled = True
 
@@ -226,11 +242,11 @@ def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: S
     _load_ids(reader, source, state, sorted(present - accounted), result, progress)
 
 
-def _reconcile_content(reader, source, state, max_id: int, result: SyncResult) -> None:
+def _reconcile_content(reader, source, state, max_id: int, result: SyncResult, progress) -> None:
     """Find rows changed in place (same id, new values) by comparing content hashes range by range."""
     stored = dict(Student.objects.filter(source=source).values_list("source_row_id", "raw_md5"))
-    quarantined_ids = set(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True))
-    import hashlib
+    stored.update((row_id, hashlib.md5(raw.encode()).hexdigest())
+                  for row_id, raw in QuarantinedRow.objects.filter(source=source).values_list("source_row_id", "raw"))
 
     for low in range(0, max_id + 1, RECONCILE_RANGE):
         lines = reader.lines_in_id_range(low, low + RECONCILE_RANGE - 1)
@@ -240,7 +256,9 @@ def _reconcile_content(reader, source, state, max_id: int, result: SyncResult) -
             row_id = int(row_id_text)
             body = rest.split(b"\t", 1)[1] if b"\t" in rest else b""
             digest = hashlib.md5(body.decode("utf-8", "replace").encode()).hexdigest()
-            if row_id in quarantined_ids or (row_id in stored and stored[row_id] != digest):
+            if row_id in stored and stored[row_id] != digest:
                 changed.append(line)
         if changed:
             _load_lines(source, state, changed, result)
+        if progress:
+            progress(0)

@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 SYNC_SOFT_TIME_LIMIT = 60
 SYNC_TIME_LIMIT = 90
-# Longer than the hard limit: a worker killed mid-run releases the source when the lock expires.
-SYNC_LOCK_SECONDS = SYNC_TIME_LIMIT + 30
+# Renewed after every batch (a batch takes about a second), so a dead worker frees its source within this time.
+SYNC_LOCK_SECONDS = 30
 # A fan-out message older than this is dropped rather than run late: the next second sends a fresh one.
 FAN_OUT_EXPIRES_SECONDS = 5
 
@@ -47,14 +47,15 @@ def fan_out() -> int:
     return queued
 
 
-@shared_task(name="ingestion.sync_source", ignore_result=True, acks_late=True,
+@shared_task(bind=True, name="ingestion.sync_source", ignore_result=True, acks_late=True,
              soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_TIME_LIMIT)
-def sync_source(source_id: int, code: str = "") -> dict:
+def sync_source(self, source_id: int, code: str = "") -> dict:
     """Bring one source up to date. `code` is only there so Flower shows which country a task is for."""
-    with redis_lock(f"source:{source_id}", ttl_seconds=SYNC_LOCK_SECONDS) as acquired:
-        if not acquired:
+    token = self.request.id or "eager"
+    with redis_lock(f"source:{source_id}", token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
+        if not lock.acquired:
             return {"source": code, "skipped": "already running"}
-        result = source_sync(source_id=source_id)
+        result = source_sync(source_id=source_id, heartbeat=lock.extend)
     if result.error:
         logger.warning("sync %s failed: %s", code, result.error)
     elif result.loaded or result.removed:

@@ -124,11 +124,9 @@ def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, coun
 
     ok = np.ones(len(batch.row_ids), dtype=bool)
     ok[list(batch.problems)] = False
-    quarantined = [
-        (int(batch.row_ids[i]), "" if pd.isna(batch.values["CNTSTUID"].iloc[i]) else str(batch.values["CNTSTUID"].iloc[i]),
-         reasons, batch.raw[i])
-        for i, reasons in sorted(batch.problems.items())
-    ]
+    cntstuid_text = batch.values["CNTSTUID"].astype("string").fillna("").tolist()
+    quarantined = [(int(batch.row_ids[i]), cntstuid_text[i], reasons, batch.raw[i])
+                   for i, reasons in sorted(batch.problems.items())]
 
     cntstuid_all = pd.to_numeric(batch.values["CNTSTUID"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     # Duplicate CNTSTUIDs inside the batch: the latest (created_at, id) wins, the others are recorded.

@@ -4,6 +4,7 @@ with a 1,120-column `responses` table filled from the shared real-shaped student
 from __future__ import annotations
 
 import csv
+import io
 import datetime as dt
 import itertools
 import uuid
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from django.conf import settings
 
 from codebook.catalogue import VariableSpec
+from ingestion.extract import escape_copy_text
 from ingestion.layout import pisa_variables
 from ingestion.models import Source
 from tests.conftest import shared_path
@@ -115,7 +117,31 @@ class SourceDatabase:
             return [r[0] for r in conn.execute(statement, [self._column_values(r) for r in rows])]
 
     def insert_students(self, n: int, **overrides) -> list[int]:
-        return self.insert([self.student(**overrides) for _ in range(n)])
+        rows = [self.student(**overrides) for _ in range(n)]
+        if self.database is None or n < 100:
+            return self.insert(rows)
+        return self._copy(rows)
+
+    def _copy(self, rows: list[dict]) -> list[int]:
+        """Bulk path for big fixtures: COPY, then read back the ids it assigned."""
+        columns = [c.name for c in self.table.columns if c.name not in ("id", "created_at")]
+        buffer = io.StringIO()
+        for row in rows:
+            values = self._column_values(row)
+            buffer.write("\t".join(escape_copy_text(values[c]) for c in columns) + "\n")
+        buffer.seek(0)
+        raw = self.engine.raw_connection()
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT coalesce(max(id), 0) FROM responses")
+                before = cursor.fetchone()[0]
+                cursor.copy_expert(f"COPY responses ({', '.join(columns)}) FROM STDIN", buffer)
+                cursor.execute("SELECT id FROM responses WHERE id > %s ORDER BY id", [before])
+                ids = [r[0] for r in cursor.fetchall()]
+            raw.commit()
+        finally:
+            raw.close()
+        return ids
 
     def execute(self, sql: str, **params):
         with self.engine.begin() as conn:

@@ -1,0 +1,82 @@
+"""The Celery side of ingestion, with real workers: fan-out, per-source locking, faults."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from ingestion.models import SourceState, Student
+from ingestion.pipeline import source_sync
+from ingestion.tasks import fan_out, sync_source
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_until(condition, timeout=60, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def loaded(source) -> int:
+    return Student.objects.filter(source=source).count()
+
+
+def test_fan_out_queues_one_sync_per_due_source_and_workers_load_them(source_db, celery_worker_process):
+    alb, arg, aus = source_db("ALB"), source_db("ARG"), source_db("AUS")
+    for source in (alb, arg, aus):
+        source.insert_students(7)
+    aus.source.enabled = False
+    aus.source.save()
+    celery_worker_process("ingestion", concurrency=2)
+
+    assert fan_out() == 2
+    assert fan_out() == 0  # not due again before its poll interval
+    assert wait_until(lambda: loaded(alb.source) == 7 and loaded(arg.source) == 7)
+    assert loaded(aus.source) == 0
+
+
+def test_a_source_that_is_down_backs_off_while_the_others_continue_then_catches_up(source_db):
+    alb, arg = source_db("ALB"), source_db("ARG")
+    alb.insert_students(4)
+    arg.insert_students(6)
+    working_url = arg.source.url
+    arg.source.url = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
+    arg.source.save()
+
+    assert source_sync(source_id=alb.source.pk).loaded == 4
+    failed = source_sync(source_id=arg.source.pk)
+    assert "OperationalError" in failed.error
+    state = SourceState.objects.get(source=arg.source)
+    assert state.consecutive_failures == 1 and state.retry_at is not None and "OperationalError" in state.last_error
+    queued = fan_out()
+    assert queued == 1  # ALB only: ARG waits for its retry time
+
+    arg.source.url = working_url
+    arg.source.save()
+    SourceState.objects.filter(source=arg.source).update(retry_at=None)
+    assert source_sync(source_id=arg.source.pk).loaded == 6
+    state.refresh_from_db()
+    assert state.consecutive_failures == 0 and state.last_error == ""
+
+
+def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(source_db, celery_worker_process):
+    alb = source_db("ALB")
+    ids = alb.insert_students(6000)  # several batches, so the kill lands between or inside them
+    worker = celery_worker_process("ingestion", concurrency=1)
+    sync_source.delay(alb.source.pk, code="ALB")
+
+    assert wait_until(lambda: 0 < loaded(alb.source), timeout=60, interval=0.05)
+    children = psutil.Process(worker.process.pid).children()
+    assert children, "the prefork pool has a child process"
+    os.kill(children[0].pid, signal.SIGKILL)  # the pool process running the task, mid-run
+
+    # acks_late + reject_on_worker_lost requeue the message; its redelivery takes over the lock and finishes.
+    assert wait_until(lambda: loaded(alb.source) == len(ids), timeout=120)
+    rows = list(Student.objects.filter(source=alb.source).values_list("source_row_id", flat=True))
+    assert sorted(rows) == sorted(ids)
