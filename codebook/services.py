@@ -31,9 +31,9 @@ def labels_version_bump() -> int:
 
 
 def labels_version_seed() -> int:
-    """Where the counter starts when Redis has none: the clock in ms, so a flushed counter never repeats a version
-    a process may still hold a cache for."""
-    return int(time.time() * 1000)
+    """Where the counter starts when Redis has none: the clock in microseconds, so a flushed counter never repeats
+    a version a process may still hold a cache for."""
+    return time.time_ns() // 1000
 
 
 def value_text(value: float | str) -> str:
