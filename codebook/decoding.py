@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from codebook.catalogue import VariableSpec
-from codebook.selectors import variable_spec_map
+from codebook.selectors import missing_code_labels, variable_spec_map
 
 
 class MissingReason:
@@ -78,11 +78,12 @@ def decode(name: str, raw) -> Decoded:
     spec = variable_spec_map().get(name)
     if spec is None:
         raise UnknownVariable(name)
-    return decode_with_spec(spec, raw)
+    return decode_with_spec(spec, raw, reason_labels=missing_code_labels().get(name))
 
 
-def decode_with_spec(spec: VariableSpec, raw) -> Decoded:
-    """`decode` for a VariableSpec at hand (no codebook lookup)."""
+def decode_with_spec(spec: VariableSpec, raw, reason_labels: dict | None = None) -> Decoded:
+    """`decode` for a VariableSpec at hand (no codebook lookup). The reason a code is missing is read from
+    `reason_labels` (code -> label as imported) when given, else from the spec's own labels."""
     if _is_system_missing(raw):
         return Decoded(value=None, label=None, missing_reason=MissingReason.SYSTEM_MISSING)
     if spec.is_text:
@@ -94,7 +95,8 @@ def decode_with_spec(spec: VariableSpec, raw) -> Decoded:
             return Decoded(value=None, label=None, missing_reason=MissingReason.INVALID)
     label = spec.value_labels.get(code)
     if spec.is_missing(code):
-        return Decoded(value=None, label=label, missing_reason=missing_reason_of(code, label))
+        reason_label = (reason_labels or {}).get(code, label)
+        return Decoded(value=None, label=label, missing_reason=missing_reason_of(code, reason_label))
     return Decoded(value=code, label=label, missing_reason=None)
 
 

@@ -30,6 +30,8 @@ class _SpecsSnapshot:
     version: int
     specs: list[VariableSpec]
     by_name: dict[str, VariableSpec]
+    # name -> {missing code: its label as imported}: says why a code is missing even once staff translated it
+    missing_code_labels: dict[str, dict]
 
 
 _snapshot: _SpecsSnapshot | None = None
@@ -50,6 +52,14 @@ def variable_spec_map() -> dict[str, VariableSpec]:
     return _current_snapshot().by_name
 
 
+def missing_code_labels() -> dict[str, dict]:
+    """Variable name -> {user-missing code: its label in the imported file}, e.g. {"ST004D01T": {9.0: "No Response"}}.
+
+    The reason a code is missing is read from these, not from the labels shown to users, which staff may translate.
+    """
+    return _current_snapshot().missing_code_labels
+
+
 def _current_snapshot() -> _SpecsSnapshot:
     global _snapshot
     version = labels_version()
@@ -58,18 +68,22 @@ def _current_snapshot() -> _SpecsSnapshot:
         return snapshot
     with _snapshot_lock:
         if _snapshot is None or _snapshot.version != version:
-            specs = _specs_from_database()
-            _snapshot = _SpecsSnapshot(version=version, specs=specs, by_name={spec.name: spec for spec in specs})
+            _snapshot = _snapshot_from_database(version)
         return _snapshot
 
 
-def _specs_from_database() -> list[VariableSpec]:
+def _snapshot_from_database(version: int) -> _SpecsSnapshot:
     labels: dict[int, list[ValueLabel]] = {}
     for value_label in ValueLabel.objects.order_by("variable_id", "numeric_value", "value"):
         labels.setdefault(value_label.variable_id, []).append(value_label)
     specs = []
+    missing_labels = {}
     for variable in Variable.objects.order_by("position"):
         is_text = variable.is_text
+        missing_labels[variable.name] = {
+            (value_label.value if is_text else value_label.numeric_value): value_label.imported_label
+            for value_label in labels.get(variable.pk, []) if value_label.is_missing
+        }
         specs.append(VariableSpec(
             name=variable.name,
             label=variable.label,
@@ -81,7 +95,8 @@ def _specs_from_database() -> list[VariableSpec]:
             na_values=tuple(str(value) if is_text else float(value) for value in variable.na_values),
             na_range=variable.na_range,
         ))
-    return specs
+    return _SpecsSnapshot(version=version, specs=specs, by_name={spec.name: spec for spec in specs},
+                          missing_code_labels=missing_labels)
 
 
 def country_names() -> dict[str, str]:

@@ -46,6 +46,15 @@ def test_the_reason_comes_from_the_label_of_the_missing_code(small_codebook):
         MissingReason.VALID_SKIP, MissingReason.NOT_APPLICABLE, MissingReason.INVALID, MissingReason.NO_RESPONSE]
 
 
+def test_the_reason_follows_the_imported_label_whatever_staff_renamed_it_to(small_codebook, admin_user,
+                                                                             django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        value_label_edit(value_label=ValueLabel.objects.get(variable__name="ST004D01T", value="9"),
+                         label="Not applicable", user=admin_user)
+    assert decode("ST004D01T", 9) == Decoded(value=None, label="Not applicable",
+                                             missing_reason=MissingReason.NO_RESPONSE)
+
+
 def test_an_unlabelled_missing_code_falls_back_on_pisas_last_digit_convention():
     spec = VariableSpec(name="AGE", label="Age", format_spss="F5.2", na_values=(9997.0, 9999.0, 9996.0))
     assert decode_with_spec(spec, 9997).missing_reason == MissingReason.NOT_APPLICABLE
