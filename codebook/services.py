@@ -154,7 +154,7 @@ def codebook_import(*, specs: list[VariableSpec], overwrite_edits: bool = False,
     _value_labels_import(pending_labels, labels_by_variable, overwrite_edits, report)
     if progress:
         progress(len(specs), len(specs))
-    if report.changed_anything:
+    if report.changed_anything or changed_variables:  # a reorder alone changes variable_specs() too
         transaction.on_commit(labels_version_bump)
     return report
 

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from codebook.catalogue import CodebookFormatError, Kind, Section
 from codebook.models import ValueLabel, Variable
 from codebook.services import codebook_load_file, codebook_load_if_empty, value_label_edit, variable_label_edit
-from tests.codebook.conftest import COUNTRY, ESCS, GENDER, LEARNING_TIME, SMALL_CODEBOOK
+from tests.codebook.conftest import COUNTRY, ESCS, GENDER, LEARNING_TIME, SMALL_CODEBOOK, csv_line
 
 
 def codebook_state() -> list[tuple]:
@@ -114,9 +114,9 @@ def test_a_malformed_file_is_refused_whole_with_every_bad_line(small_codebook, w
     relabelled = {**GENDER, "label": "Gender (new wording)"}
     path = write_codebook_csv([
         relabelled,                                                              # line 2: fine
-        {"raw": {**_raw(ESCS), "format_spss": "float"}},                         # line 3
+        {"raw": {**csv_line(ESCS), "format_spss": "float"}},                         # line 3
         {"variable": "AGE", "label": "Age", "format_spss": "F5.2"},              # line 4: fine
-        {"raw": {**_raw(LEARNING_TIME), "value_labels": "{not json"}},           # line 5
+        {"raw": {**csv_line(LEARNING_TIME), "value_labels": "{not json"}},           # line 5
         {**COUNTRY, "na_range": [9, 5]},                                         # line 6
         relabelled,                                                              # line 7: repeats line 2
     ], name="broken.csv")
@@ -133,15 +133,9 @@ def test_a_malformed_file_is_refused_whole_with_every_bad_line(small_codebook, w
     assert codebook_state() == before
 
 
-def _raw(variable: dict) -> dict:
-    from tests.codebook.conftest import csv_line
-
-    return csv_line(variable)
-
-
 def test_the_command_refuses_a_malformed_file_and_says_so(small_codebook, write_codebook_csv):
     before = codebook_state()
-    path = write_codebook_csv([GENDER, {"raw": {**_raw(ESCS), "variable": "2ESCS"}}], name="broken.csv")
+    path = write_codebook_csv([GENDER, {"raw": {**csv_line(ESCS), "variable": "2ESCS"}}], name="broken.csv")
     with pytest.raises(CommandError) as refused:
         call_command("load_codebook", str(path))
     assert "line 3: variable name '2ESCS' is not a valid identifier" in str(refused.value)
