@@ -119,6 +119,7 @@ def variable_list(*, search: str = "", section: str = "", kind: str = "") -> Que
 
 def variable_get(*, name: str) -> Variable | None:
     """One variable with its value labels; the name matches whatever its case (warehouse columns are lower case)."""
-    return (Variable.objects.filter(name__iexact=name)
-            .prefetch_related(Prefetch("value_labels", queryset=ValueLabel.objects.order_by("numeric_value", "value")))
-            .first())
+    variables = Variable.objects.prefetch_related(
+        Prefetch("value_labels", queryset=ValueLabel.objects.order_by("numeric_value", "value")))
+    # The exact spelling first, should a file ever hold two names that differ only in case.
+    return variables.filter(name=name).first() or variables.filter(name__iexact=name).first()

@@ -99,6 +99,7 @@ def test_an_spss_file_gives_labels_value_labels_and_user_missing_values(db, tmp_
     assert (country.format_spss, country.kind) == ("A3", Kind.IDENTIFIER)
     assert dict(country.value_labels.values_list("value", "label")) == {"FRA": "France", "ITA": "Italy"}
     assert Variable.objects.get(name="ESCS").kind == Kind.CONTINUOUS
+    assert codebook_load_file(path=path).variables_unchanged == 4
 
 
 def test_a_file_that_is_not_spss_is_refused(db, tmp_path):
