@@ -16,6 +16,62 @@ from pathlib import Path
 IDENTIFIERS = frozenset({"CNTRYID", "CNT", "CNTSCHID", "CNTSTUID", "CYC", "NatCen", "STRATUM", "SUBNATIO"})
 PLAUSIBLE_VALUE = re.compile(r"^PV(\d+)([A-Z]+)$")
 SPSS_FORMAT = re.compile(r"^(?P<type>[AF])(?P<width>\d+)(?:\.(?P<decimals>\d+))?$")
+# Any SPSS display format of a numeric variable (F8.3, N4, COMMA10.2, ...): PISA uses F only, others read as F.
+SPSS_NUMERIC_FORMAT = re.compile(r"^[A-Z]+(?P<width>\d+)(?:\.(?P<decimals>\d+))?$")
+# Questionnaire items are named <questionnaire prefix><3-digit question number>..., e.g. ST004D01T, IC010Q01TA.
+QUESTION_ITEM = re.compile(r"^(?P<prefix>[A-Z]{2})\d{3}")
+
+
+class Section:
+    """Where a variable comes from, derived from its name (see `section_of`)."""
+
+    IDENTIFICATION = "identification"
+    STUDENT = "student"
+    EDUCATIONAL_CAREER = "educational_career"
+    ICT_FAMILIARITY = "ict_familiarity"
+    FINANCIAL_LITERACY = "financial_literacy"
+    WELL_BEING = "well_being"
+    PARENT = "parent"
+    DERIVED = "derived"
+    PLAUSIBLE_VALUES = "plausible_values"
+    WEIGHTS = "weights"
+
+    CHOICES = [
+        (IDENTIFICATION, "Identification"),
+        (STUDENT, "Student questionnaire"),
+        (EDUCATIONAL_CAREER, "Educational career questionnaire"),
+        (ICT_FAMILIARITY, "ICT familiarity questionnaire"),
+        (FINANCIAL_LITERACY, "Financial literacy questionnaire"),
+        (WELL_BEING, "Well-being questionnaire"),
+        (PARENT, "Parent questionnaire"),
+        (DERIVED, "Derived indices and design variables"),
+        (PLAUSIBLE_VALUES, "Plausible values"),
+        (WEIGHTS, "Weights"),
+    ]
+
+
+QUESTIONNAIRE_PREFIXES = {
+    "ST": Section.STUDENT,
+    "EC": Section.EDUCATIONAL_CAREER,
+    "IC": Section.ICT_FAMILIARITY,
+    "FL": Section.FINANCIAL_LITERACY,
+    "WB": Section.WELL_BEING,
+    "PA": Section.PARENT,
+}
+
+
+def section_of(name: str) -> str:
+    """The questionnaire section of a variable, from its name's prefix (ST004D01T -> student, W_FSTUWT -> weights)."""
+    if name in IDENTIFIERS:
+        return Section.IDENTIFICATION
+    if name.startswith("W_"):
+        return Section.WEIGHTS
+    if PLAUSIBLE_VALUE.match(name):
+        return Section.PLAUSIBLE_VALUES
+    item = QUESTION_ITEM.match(name)
+    if item and item["prefix"] in QUESTIONNAIRE_PREFIXES:
+        return QUESTIONNAIRE_PREFIXES[item["prefix"]]
+    return Section.DERIVED
 
 
 class Kind:
@@ -37,12 +93,16 @@ class Kind:
 
 
 class CodebookFormatError(ValueError):
-    """A codebook file that cannot be used; `problems` lists (line number, reason) for every bad line."""
+    """A codebook file that cannot be used; `problems` lists (line number, reason) for every bad line.
 
-    def __init__(self, path: Path | str, problems: list[tuple[int, str]]) -> None:
+    `unit` names what the numbers count: lines of a CSV file, variables (1-based, in file order) of an SPSS file.
+    """
+
+    def __init__(self, path: Path | str, problems: list[tuple[int, str]], unit: str = "line") -> None:
         self.path = str(path)
         self.problems = problems
-        listing = "\n".join(f"  line {line}: {reason}" for line, reason in problems[:50])
+        self.unit = unit
+        listing = "\n".join(f"  {unit} {line}: {reason}" for line, reason in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(f"{self.path} is not a valid codebook ({len(problems)} problem(s)):\n{listing}{more}")
 
@@ -68,6 +128,10 @@ class VariableSpec:
     @property
     def decimals(self) -> int:
         return int(SPSS_FORMAT.match(self.format_spss)["decimals"] or 0)
+
+    @property
+    def section(self) -> str:
+        return section_of(self.name)
 
     @property
     def kind(self) -> str:
@@ -173,3 +237,71 @@ def read_codebook_csv(path: Path | str) -> list[VariableSpec]:
     if problems:
         raise CodebookFormatError(path, problems)
     return specs
+
+
+def read_codebook_sav(path: Path | str) -> list[VariableSpec]:
+    """Every variable of an SPSS .sav file's metadata (labels, value labels, user-missing values), in file order.
+
+    Only the dictionary is read, never the data rows, so a full PISA file (hundreds of MB) loads in a moment.
+    pyreadstat (and the data-frame library it needs) is imported here only: nothing else pays for it.
+    """
+    import pyreadstat
+
+    path = Path(path)
+    try:
+        _, meta = pyreadstat.read_sav(str(path), metadataonly=True, user_missing=True)
+    except (pyreadstat.ReadstatError, pyreadstat.PyreadstatError) as exc:
+        raise CodebookFormatError(path, [(1, f"not a readable SPSS .sav file ({exc})")]) from exc
+    problems: list[tuple[int, str]] = []
+    specs: list[VariableSpec] = []
+    for number, name in enumerate(meta.column_names, start=1):
+        try:
+            specs.append(_spec_from_sav_metadata(meta, name))
+        except ValueError as exc:
+            problems.append((number, f"{name}: {exc}"))
+    if not specs and not problems:
+        problems.append((1, "the file defines no variable"))
+    if problems:
+        raise CodebookFormatError(path, problems, unit="variable")
+    return specs
+
+
+def _spec_from_sav_metadata(meta, name: str) -> VariableSpec:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+        raise ValueError(f"variable name {name!r} is not a valid identifier")
+    is_text = meta.readstat_variable_types[name] == "string"
+    if is_text:
+        format_spss = f"A{meta.variable_storage_width[name]}"
+    else:
+        numeric = SPSS_NUMERIC_FORMAT.match(meta.original_variable_types.get(name) or "")
+        if numeric is None:
+            raise ValueError(f"format {meta.original_variable_types.get(name)!r} is not an SPSS numeric format")
+        format_spss = f"F{numeric['width']}" + (f".{numeric['decimals']}" if numeric["decimals"] else ".0")
+    value_labels = {
+        (str(value) if is_text else float(value)): str(label)
+        for value, label in meta.variable_value_labels.get(name, {}).items()
+    }
+    na_values: list = []
+    na_range = None
+    # SPSS keeps up to three discrete missing codes, or one range plus one code; a code comes back as lo == hi.
+    for missing in meta.missing_ranges.get(name, []):
+        low, high = missing["lo"], missing["hi"]
+        if low == high:
+            na_values.append(str(low) if is_text else float(low))
+        elif is_text:
+            raise ValueError("a text variable cannot have a range of missing values")
+        elif na_range is not None:
+            raise ValueError("more than one range of missing values")
+        else:
+            na_range = (float(low), float(high))
+    label = (meta.column_names_to_labels.get(name) or "").strip()
+    return VariableSpec(name=name, label=label, format_spss=format_spss, value_labels=value_labels,
+                        na_values=tuple(na_values), na_range=na_range)
+
+
+def read_codebook(path: Path | str) -> list[VariableSpec]:
+    """A codebook file of either supported layout, chosen by its suffix: .sav (SPSS) or anything else (CSV)."""
+    path = Path(path)
+    if path.suffix.lower() == ".sav":
+        return read_codebook_sav(path)
+    return read_codebook_csv(path)

@@ -142,6 +142,12 @@ CACHES = {
     }
 }
 
+# --- Codebook --------------------------------------------------------------------------------------------------
+# Loaded by `make run` (manage.py bootstrap) when the file exists and the codebook is still empty.
+PISA_CODEBOOK_PATH = Path(
+    os.environ.get("PISA_CODEBOOK_PATH") or BASE_DIR.parent / "shared" / "pisa2018" / "codebook.csv"
+)
+
 # --- Auth, i18n, static ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

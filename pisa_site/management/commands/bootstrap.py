@@ -2,9 +2,11 @@
 
 import os
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from codebook.services import codebook_load_if_empty
 from pisa_site.services import admin_user_ensure
 
 
@@ -14,6 +16,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         self.stdout.write("Migrating the warehouse...")
         call_command("migrate", interactive=False, verbosity=0)
+        self._codebook_load()
         login = admin_user_ensure()
         host = "127.0.0.1"
         port = os.environ.get("PORT", "8000")
@@ -31,3 +34,13 @@ class Command(BaseCommand):
             "",
         ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+
+    def _codebook_load(self) -> None:
+        path = settings.PISA_CODEBOOK_PATH
+        report = codebook_load_if_empty(path=path)
+        if report is not None:
+            self.stdout.write(f"Loaded the codebook from {path}:\n{report.summary()}")
+        elif not path.is_file():
+            self.stdout.write(f"No codebook file at {path} (PISA_CODEBOOK_PATH): the codebook stays as it is.")
+        else:
+            self.stdout.write("The codebook is already loaded (manage.py load_codebook PATH re-imports it).")
