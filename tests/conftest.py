@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def shared_path(*parts: str) -> Path:
+    """A file of the shared reference data (env PISA_SHARED_DIR, else ../shared); skips the test when it is absent."""
+    path = Path(os.environ.get("PISA_SHARED_DIR") or SHARED).joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference file {path} is absent (set PISA_SHARED_DIR to the shared data folder)")
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _empty_broker():
     """Tasks queued by an earlier, interrupted run must not be consumed by this run's workers."""
