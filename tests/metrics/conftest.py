@@ -66,3 +66,24 @@ def batch_from_columns(columns: dict[str, np.ndarray], rows=slice(None)) -> Stud
 @pytest.fixture(scope="session")
 def sample_batches(sample_columns) -> dict[str, StudentBatch]:
     return {country: batch_from_columns(columns) for country, columns in sample_columns.items()}
+
+
+def synthetic_batch(n: int, *, seed: int = 0, n_schools: int = 10, **columns) -> StudentBatch:
+    """n made-up students with plausible-looking values; keyword arguments replace whole columns."""
+    rng = np.random.default_rng(seed)
+    base_weight = rng.uniform(5, 50, n)
+    replicate_factors = rng.choice([0.5, 1.5], size=(n, 80))
+    ability = rng.normal(480, 90, n)
+    values = {
+        "weights": np.column_stack([base_weight, base_weight[:, None] * replicate_factors]),
+        "pv": {domain: ability[:, None] + rng.normal(0, 30, (n, N_PLAUSIBLE_VALUES)) for domain in DOMAINS},
+        "gender": rng.choice([1.0, 2.0], n),
+        "escs": rng.normal(-0.2, 1.0, n),
+        "tmins": rng.uniform(1200, 2100, n),
+        "durecec": rng.integers(0, 9, n).astype(float),
+        "belong": rng.normal(0, 1, n),
+        "school_id": rng.integers(0, n_schools, n) + 1000,
+        "created_at": FIRST_CREATED_AT + rng.uniform(0, 86_400, n),
+    }
+    values.update(columns)
+    return StudentBatch(**values)
