@@ -241,12 +241,14 @@ def _is_estimate(node) -> bool:
     return isinstance(node, dict) and "value" in node and "se" in node
 
 
-def _average_estimates(countries: Sequence[str], estimates: Sequence[dict]) -> dict:
-    present = [(c, e) for c, e in zip(countries, estimates) if e["value"] is not None]
-    absent = [c for c, e in zip(countries, estimates) if e["value"] is None]
-    n_students = sum(e["n_students"] for e in estimates)
-    n_schools = sum(e["n_schools"] for e in estimates)
-    note = estimates[0].get("note") if estimates else None
+def _average_estimates(countries: Sequence[str], estimates: Sequence[dict | None]) -> dict:
+    """A country whose statistics lack this estimate (no percentiles computed, say) counts as one without it."""
+    present = [(c, e) for c, e in zip(countries, estimates) if e is not None and e["value"] is not None]
+    absent = [c for c, e in zip(countries, estimates) if e is None or e["value"] is None]
+    known = [e for e in estimates if e is not None]
+    n_students = sum(e["n_students"] for e in known)
+    n_schools = sum(e["n_schools"] for e in known)
+    note = known[0].get("note")
     if not present:
         return Estimate(None, None, n_students, n_schools, True, "no country has an estimate", note).to_dict()
     value = sum(e["value"] for _, e in present) / len(present)
@@ -264,12 +266,13 @@ def average_of_countries(statistics: Mapping[str, dict]) -> dict:
     countries = sorted(statistics)
 
     def walk(nodes: list):
-        first = nodes[0]
-        if _is_estimate(first):
+        present = [node for node in nodes if node is not None]
+        if _is_estimate(present[0]):
             return _average_estimates(countries, nodes)
-        if isinstance(first, dict):
-            return {key: walk([node[key] for node in nodes]) for key in first}
-        return sum(nodes)
+        if isinstance(present[0], dict):
+            keys = dict.fromkeys(key for node in present for key in node)
+            return {key: walk([None if node is None else node.get(key) for node in nodes]) for key in keys}
+        return sum(present)
 
     if not countries:
         raise ValueError("the average of countries needs at least one country")
