@@ -17,6 +17,7 @@ import numpy as np
 from metrics.sufficient import (
     BACKGROUND_VARIABLES,
     DOMAINS,
+    LEVEL2_CUT_SCORES,
     N_PLAUSIBLE_VALUES,
     N_WEIGHTS,
     SCORE_ORIGIN,
@@ -140,7 +141,8 @@ def _domain_statistics(state: CountryState, d: int, domain: str) -> dict[str, Es
     pair = f"{domain}_ESCS"
     return {
         "mean": _estimate(state, [domain], mean),
-        "below_level2": _estimate(state, [domain], below_level2),
+        "below_level2": _estimate(
+            state, [domain], below_level2, f"% of students with PV < {LEVEL2_CUT_SCORES[domain]} (Level 2)"),
         "gender_gap": _estimate(state, [f"{domain}_girls", f"{domain}_boys"], gender_gap, GENDER_GAP_NOTE),
         "escs_gradient": _estimate(state, [pair], gradient, "score points per ESCS unit"),
         "escs_strength": _estimate(state, [pair], strength, "100 x R^2 of score on ESCS"),
