@@ -42,6 +42,8 @@ STATE_FORMAT_VERSION = 1
 # Sums that are equal "up to float rounding": relative to the largest magnitude in the same array, since a sum that
 # went up and came back down carries the rounding of the larger values it once held.
 DEFAULT_RELATIVE_TOLERANCE = 1e-9
+# Students per matrix product when building a state: bounds the temporary factor matrix (~260 columns) to ~40 MB.
+ROWS_PER_CHUNK = 20_000
 
 
 def _populations() -> tuple[str, ...]:
@@ -169,48 +171,66 @@ class StudentBatch:
         return np.column_stack(columns)
 
 
-def _weighted_sums(batch: StudentBatch) -> dict[str, np.ndarray]:
-    """The sums of SUM_SHAPES for one batch: matrix products over the students, no loop over rows."""
-    weights = batch.weights
-    girls, boys = batch.gender == FEMALE, batch.gender == MALE
-    escs_known = ~np.isnan(batch.escs)
-    escs = np.where(escs_known, batch.escs, 0.0)
-    sums = {name: np.zeros(shape) for name, shape in SUM_SHAPES.items()}
+def _factor_columns(batch: StudentBatch, rows: slice) -> list[tuple[str, int | None, np.ndarray]]:
+    """What each weighted sum multiplies the weights by: (sum name, index along its first axis or None, (n, k)).
 
+    Every sum of SUM_SHAPES is weights.T @ factor, so one matrix product computes them all. A student outside a
+    sum's population has a factor of 0 there (NaN is replaced first: NaN * 0 would still be NaN).
+    """
+    gender = batch.gender[rows]
+    girls, boys = (gender == FEMALE).astype(np.float64), (gender == MALE).astype(np.float64)
+    escs = batch.escs[rows]
+    escs_known = ~np.isnan(escs)
+    x = np.where(escs_known, escs, 0.0)
+    columns: list[tuple[str, int | None, np.ndarray]] = []
     for d, domain in enumerate(DOMAINS):
-        plausible = batch.pv[domain]
+        plausible = batch.pv[domain][rows]
         has_scores = ~np.isnan(plausible[:, 0])
-        # Zero the weight of students without scores and their (NaN) values, so that NaN * 0 never reaches a sum.
-        w = weights * has_scores[:, None]
         y = np.where(has_scores[:, None], plausible - SCORE_ORIGIN, 0.0)
-        below = (has_scores[:, None] & (plausible < LEVEL2_CUT_SCORES[domain])).astype(np.float64)
-        sums["score_w"][d] = w.sum(axis=0)
-        sums["score_wy"][d] = w.T @ y
-        sums["score_wyy"][d] = w.T @ (y * y)
-        sums["score_w_below_level2"][d] = w.T @ below
-        for group, members in (("girls", girls), ("boys", boys)):
-            w_group = w * members[:, None]
-            sums[f"{group}_w"][d] = w_group.sum(axis=0)
-            sums[f"{group}_wy"][d] = w_group.T @ y
-        w_pair = w * escs_known[:, None]
-        sums["pair_w"][d] = w_pair.sum(axis=0)
-        sums["pair_wx"][d] = w_pair.T @ escs
-        sums["pair_wxx"][d] = w_pair.T @ (escs * escs)
-        sums["pair_wy"][d] = w_pair.T @ y
-        sums["pair_wyy"][d] = w_pair.T @ (y * y)
-        sums["pair_wxy"][d] = w_pair.T @ (y * escs[:, None])
-
+        yy = y * y
+        pair = (has_scores & escs_known).astype(np.float64)
+        columns += [
+            ("score_w", d, has_scores.astype(np.float64)),
+            ("score_wy", d, y),
+            ("score_wyy", d, yy),
+            ("score_w_below_level2", d, (has_scores[:, None] & (plausible < LEVEL2_CUT_SCORES[domain])) * 1.0),
+            ("girls_w", d, has_scores * girls),
+            ("girls_wy", d, y * girls[:, None]),
+            ("boys_w", d, has_scores * boys),
+            ("boys_wy", d, y * boys[:, None]),
+            ("pair_w", d, pair),
+            ("pair_wx", d, pair * x),
+            ("pair_wxx", d, pair * x * x),
+            ("pair_wy", d, y * pair[:, None]),
+            ("pair_wyy", d, yy * pair[:, None]),
+            ("pair_wxy", d, y * (pair * x)[:, None]),
+        ]
     for b, variable in enumerate(BACKGROUND_VARIABLES):
-        values = batch.background(variable)
+        values = batch.background(variable)[rows]
         known = ~np.isnan(values)
         v = np.where(known, values, 0.0)
-        w = weights * known[:, None]
-        sums["background_w"][b] = w.sum(axis=0)
-        sums["background_wv"][b] = w.T @ v
-        sums["background_wvv"][b] = w.T @ (v * v)
+        columns += [("background_w", b, known * 1.0), ("background_wv", b, v), ("background_wvv", b, v * v)]
+    columns += [("gender_w", None, girls + boys), ("female_w", None, girls)]
+    return columns
 
-    sums["gender_w"] = (weights * (girls | boys)[:, None]).sum(axis=0)
-    sums["female_w"] = (weights * girls[:, None]).sum(axis=0)
+
+def _weighted_sums(batch: StudentBatch) -> dict[str, np.ndarray]:
+    """The sums of SUM_SHAPES for one batch: one matrix product per chunk of students, no loop over rows."""
+    sums = {name: np.zeros(shape) for name, shape in SUM_SHAPES.items()}
+    for start in range(0, len(batch), ROWS_PER_CHUNK):
+        rows = slice(start, start + ROWS_PER_CHUNK)
+        columns = _factor_columns(batch, rows)
+        factors = np.column_stack([factor for _, _, factor in columns])
+        products = batch.weights[rows].T @ factors  # (81, number of factor columns)
+        offset = 0
+        for name, index, factor in columns:
+            width = 1 if factor.ndim == 1 else factor.shape[1]
+            block = products[:, offset] if factor.ndim == 1 else products[:, offset:offset + width]
+            if index is None:
+                sums[name] += block
+            else:
+                sums[name][index] += block
+            offset += width
     return sums
 
 
@@ -225,13 +245,20 @@ def _count_table(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 def _merge_count_tables(
     keys_a: np.ndarray, counts_a: np.ndarray, keys_b: np.ndarray, counts_b: np.ndarray, sign: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.union1d(keys_a, keys_b)
-    counts = np.zeros((len(keys), counts_a.shape[1]), dtype=np.int64)
-    counts[np.searchsorted(keys, keys_a)] += counts_a
-    counts[np.searchsorted(keys, keys_b)] += sign * counts_b
+    positions = np.searchsorted(keys_a, keys_b)
+    if len(keys_a) and (keys_a[np.minimum(positions, len(keys_a) - 1)] == keys_b).all():
+        # The usual delta touches only schools and minutes the state already has: add into a copy of the table at
+        # their positions rather than sorting the union of the keys.
+        keys, counts = keys_a, counts_a.copy()
+        counts[positions] += sign * counts_b
+    else:
+        keys = np.union1d(keys_a, keys_b)
+        counts = np.zeros((len(keys), counts_a.shape[1]), dtype=np.int64)
+        counts[np.searchsorted(keys, keys_a)] += counts_a
+        counts[np.searchsorted(keys, keys_b)] += sign * counts_b
     if (counts < 0).any():
         raise StateMismatchError(
-            f"the subtraction removes more {what} than the state holds (for {what} "
+            f"the subtraction leaves negative student counts (in {what} "
             f"{keys[(counts < 0).any(axis=1)][:5].tolist()}): it subtracts students that were never added"
         )
     occupied = counts.any(axis=1)
