@@ -33,6 +33,8 @@ PERCENTILES = (0.10, 0.90)
 SECONDS_PER_HOUR = 3600
 HOURS_PER_DAY = 24
 MINUTES_PER_HOUR = 60
+# A variance below this fraction of E[v^2] is what float rounding leaves of a zero variance.
+VARIANCE_NOISE_FLOOR = 1e-9
 GENDER_GAP_NOTE = "girls minus boys (OECD tables show boys minus girls)"
 
 # Background statistics: (key in the output, state variable, factor applied to the mean, unit)
@@ -108,6 +110,12 @@ def _estimate(
     return Estimate(value, se, n_students, n_schools, reason is not None, reason, note)
 
 
+def _variance(mean_of_squares: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """E[v^2] - E[v]^2, NaN where that is only rounding noise (every value equal): a slope on it is not defined."""
+    variance = mean_of_squares - mean**2
+    return np.where(variance > VARIANCE_NOISE_FLOOR * mean_of_squares, variance, np.nan)
+
+
 def _domain_statistics(state: CountryState, d: int, domain: str) -> dict[str, Estimate]:
     sums = state.sums
 
@@ -125,10 +133,9 @@ def _domain_statistics(state: CountryState, d: int, domain: str) -> dict[str, Es
     def moments():
         w = sums["pair_w"][d][:, None]
         mean_x, mean_y = sums["pair_wx"][d][:, None] / w, sums["pair_wy"][d] / w
-        var_x = sums["pair_wxx"][d][:, None] / w - mean_x**2
-        var_y = sums["pair_wyy"][d] / w - mean_y**2
+        mean_xx, mean_yy = sums["pair_wxx"][d][:, None] / w, sums["pair_wyy"][d] / w
         cov_xy = sums["pair_wxy"][d] / w - mean_x * mean_y
-        return var_x, var_y, cov_xy
+        return _variance(mean_xx, mean_x), _variance(mean_yy, mean_y), cov_xy
 
     def gradient():
         var_x, _, cov_xy = moments()
