@@ -272,7 +272,9 @@ def _average_estimates(countries: Sequence[str], estimates: Sequence[dict | None
         return Estimate(None, None, n_students, n_schools, True, "no country has an estimate", note).to_dict()
     value = sum(e["value"] for _, e in present) / len(present)
     se = math.sqrt(sum(e["se"] ** 2 for _, e in present)) / len(present)
-    reason = f"average of {len(present)} of {len(countries)} countries (none for {', '.join(absent)})" if absent else None
+    reason = None
+    if absent:
+        reason = f"average of {len(present)} of {len(countries)} countries (none for {', '.join(absent)})"
     return Estimate(value, se, n_students, n_schools, bool(absent), reason, note).to_dict()
 
 

@@ -139,7 +139,8 @@ class StudentBatch:
             object.__setattr__(self, name, _as_float_array(name, getattr(self, name), (n,)))
         unknown_gender = ~np.isnan(self.gender) & (self.gender != FEMALE) & (self.gender != MALE)
         if unknown_gender.any():
-            raise ValueError(f"gender must be 1 (female), 2 (male) or NaN; got {np.unique(self.gender[unknown_gender])}")
+            found = np.unique(self.gender[unknown_gender])
+            raise ValueError(f"gender must be 1 (female), 2 (male) or NaN; got {found}")
         if not np.isfinite(self.created_at).all():
             raise ValueError("created_at must be a finite epoch time for every student")
 

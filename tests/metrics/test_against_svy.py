@@ -23,7 +23,8 @@ PISA_REPLICATION = {"method": "replication", "variance_center": "estimate"}
 
 
 def rubin(estimates: list[float], standard_errors: list[float]) -> tuple[float, float]:
-    """METHODS.md: t = mean t_m, U = mean U_m (U_m = SE_m^2), B = sum (t_m - t)^2 / (M - 1), SE = sqrt(U + (1+1/M) B)."""
+    """METHODS.md: t = mean t_m, U = mean U_m (U_m = SE_m^2), B = sum (t_m - t)^2 / (M - 1),
+    SE = sqrt(U + (1 + 1/M) B)."""
     m = len(estimates)
     value = sum(estimates) / m
     within = sum(se**2 for se in standard_errors) / m
@@ -111,7 +112,7 @@ def test_share_below_level2_is_the_mean_of_the_pv_below_cut_indicator(country, d
 def test_gender_gap_is_girls_minus_boys_with_the_se_of_the_replicate_differences(
     country, domain, svy_samples, our_statistics
 ):
-    """svy's contrast of its two domain means uses their replicate covariance: the SE of the difference per replicate."""
+    """svy's contrast of its two domain means uses their replicate covariance: the SE of the replicate differences."""
     estimates, errors = [], []
     for pv in PV_COLUMNS[domain]:
         by_gender = svy_samples[country].estimation.mean(pv, by="GENDER", drop_nulls=True, **PISA_REPLICATION)

@@ -78,6 +78,14 @@ def test_a_gradient_without_variation_in_escs_is_not_defined():
     assert gradient["value"] is None and "no variation" in gradient["flag_reason"]
 
 
+def test_a_gradient_left_with_equal_escs_after_subtractions_is_not_defined_despite_rounding_noise():
+    others = synthetic_batch(500, seed=3)
+    equal = synthetic_batch(40, seed=4, escs=np.full(40, -1.7))
+    state = CountryState.from_batch(others) + CountryState.from_batch(equal) - CountryState.from_batch(others)
+    gradient = country_statistics(state, now=0)["scores"]["MATH"]["escs_gradient"]
+    assert gradient["value"] is None and "no variation" in gradient["flag_reason"]
+
+
 def test_the_gender_gap_is_girls_minus_boys():
     """Girls score exactly 25 points above boys on every plausible value: the gap is +25 with no variance at all."""
     n = 200
