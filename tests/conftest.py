@@ -25,17 +25,6 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def shared_path(*parts: str) -> Path:
-    """A file of the shared reference data, from PISA_SHARED_DIR when set, else ../shared beside the checkout.
-
-    Skips the calling test, saying why, when the file is not there.
-    """
-    path = Path(os.environ.get("PISA_SHARED_DIR") or SHARED).joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared reference file {path} is absent (set PISA_SHARED_DIR to the shared/ folder)")
-    return path
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _empty_broker():
     """Tasks queued by an earlier, interrupted run must not be consumed by this run's workers."""
