@@ -80,6 +80,13 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
+def _wait_for_exit(pid: int, timeout: float = 15) -> None:
+    """pg_ctl returns once the pid file is gone; the process itself may take a moment longer to exit."""
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class EmbeddedServiceError(RuntimeError):
     pass
 
@@ -183,12 +190,14 @@ class EmbeddedPostgres:
             conn.close()
 
     def stop(self) -> None:
-        if self.pid() is None:
+        pid = self.pid()
+        if pid is None:
             return
         subprocess.run(
             [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
             capture_output=True, **self._run_as(),
         )
+        _wait_for_exit(pid)
 
 
 @dataclass
@@ -265,9 +274,7 @@ class EmbeddedRedis:
 
         with contextlib.suppress(redis.exceptions.ConnectionError):
             redis.Redis.from_url(self.url(0)).shutdown(nosave=True)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_exit(pid)
 
 
 class EmbeddedServices:
