@@ -25,7 +25,7 @@ CHANGE = StudentChange._meta.db_table
 QUARANTINE = QuarantinedRow._meta.db_table
 DUPLICATE = DuplicateStudent._meta.db_table
 STAGING = "ingest_staging"
-ADVISORY_LOCK_NAMESPACE = 7_118  # first key of pg_advisory_xact_lock(int, int): "PISA ingestion"
+ADVISORY_LOCK_NAMESPACE = 7_118  # first key of pg_advisory_xact_lock(int, int): "PISA warehouse writes"
 ANALYSIS = ", ".join(ANALYSIS_COLUMNS)
 CHANGE_COLUMNS = f"country, cntschid, source_created_at, {ANALYSIS}"
 
@@ -42,10 +42,11 @@ class LoadResult:
         return bool(self.inserted_or_updated or self.removed)
 
 
-def source_write_lock(cursor, *, source_id: int) -> None:
-    """Serialise writes for one source until the transaction ends: the change log computes -1/+1 from the rows it
-    reads, which must not be changed under it by an overlapping run."""
-    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_NAMESPACE, source_id])
+def country_write_lock(cursor, *, country: str) -> None:
+    """Serialise, until the transaction ends, everything that writes a country's students or reads its change log:
+    the change log computes -1/+1 from the rows it reads, which must not change under it by an overlapping run, and
+    the metrics refresh must never skip a change id committed after a higher one."""
+    cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [ADVISORY_LOCK_NAMESPACE, country])
 
 
 def _ensure_staging(cursor) -> None:
@@ -105,7 +106,7 @@ def batch_load(*, source_id: int, country: str, batch: Transformed) -> LoadResul
     result = LoadResult(quarantined=len(batch.quarantined))
     with connection.cursor() as cursor:
         cursor = cursor.cursor  # psycopg2's own cursor, for COPY
-        source_write_lock(cursor, source_id=source_id)
+        country_write_lock(cursor, country=country)
         _ensure_staging(cursor)
         cursor.copy_expert(f"COPY {STAGING} ({STAGING_COLUMNS}) FROM STDIN WITH (FORMAT binary)",
                            _staging_payload(batch, country))
@@ -178,11 +179,11 @@ def batch_load(*, source_id: int, country: str, batch: Transformed) -> LoadResul
                 template="(%s, %s, %s, %s, now())",
             )
         if batch.quarantined:
-            result.removed += _quarantine(cursor, source_id, batch.quarantined)
+            result.removed += _quarantine(cursor, source_id, country, batch.quarantined)
     return result
 
 
-def _quarantine(cursor, source_id: int, rows) -> int:
+def _quarantine(cursor, source_id: int, country: str, rows) -> int:
     execute_values(
         cursor,
         f"""INSERT INTO {QUARANTINE} (source_id, source_row_id, cntstuid, reasons, raw, first_seen_at, last_seen_at)
@@ -194,12 +195,12 @@ def _quarantine(cursor, source_id: int, rows) -> int:
         template="(%s, %s, %s, %s, %s, now(), now())",
     )
     # A row that used to be good and was changed into a bad one no longer counts as a student.
-    return students_remove(cursor, source_id=source_id, row_ids=[row[0] for row in rows])
+    return students_remove(cursor, source_id=source_id, country=country, row_ids=[row[0] for row in rows])
 
 
-def students_remove(cursor, *, source_id: int, row_ids: list[int] | None) -> int:
+def students_remove(cursor, *, source_id: int, country: str, row_ids: list[int] | None) -> int:
     """Remove students loaded from these source rows (all of the source's when None), logging -1 changes."""
-    source_write_lock(cursor, source_id=source_id)
+    country_write_lock(cursor, country=country)
     condition = "source_id = %s" + ("" if row_ids is None else " AND source_row_id = ANY(%s)")
     params: list = [source_id] if row_ids is None else [source_id, list(row_ids)]
     cursor.execute(

@@ -133,7 +133,7 @@ def source_forget(*, source: Source) -> int:
     """Remove everything loaded from a source (it was emptied or replaced), logging -1 changes for the metrics."""
     with transaction.atomic():
         with connection.cursor() as cursor:
-            removed = students_remove(cursor.cursor, source_id=source.pk, row_ids=None)
+            removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=None)
         QuarantinedRow.objects.filter(source=source).delete()
         DuplicateStudent.objects.filter(source=source).delete()
         SourceState.objects.filter(source=source).update(bookmark_created_at=None, bookmark_id=None,
@@ -231,7 +231,7 @@ def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: S
     if vanished:
         with transaction.atomic():
             with connection.cursor() as cursor:
-                removed = students_remove(cursor.cursor, source_id=source.pk, row_ids=vanished)
+                removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=vanished)
             QuarantinedRow.objects.filter(source=source, source_row_id__in=vanished).delete()
             DuplicateStudent.objects.filter(source=source, superseded_row_id__in=vanished).delete()
             if removed:

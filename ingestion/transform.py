@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 
 from codebook.catalogue import Kind, VariableSpec
-from ingestion.layout import ANALYSIS_VARIABLES
+from ingestion.layout import ANALYSIS_VARIABLES, SCORE_DOMAINS, WEIGHTS
+
+KEY_VARIABLES = ("CNTSTUID", "CNTSCHID")
+# NULL in any of these makes a row unusable: it is quarantined rather than loaded.
+REQUIRED_VARIABLES = frozenset((*KEY_VARIABLES, *WEIGHTS))
 
 NULL_MARKERS = ["\\N", "NA"]  # COPY's NULL, and the course's text-style sources' missing value
 
@@ -107,9 +111,10 @@ def validate(batch: ParsedBatch, variables: Sequence[VariableSpec], *, country: 
         values, not_a_number = _numeric(column)
         for index in np.flatnonzero(not_a_number):
             problems[int(index)].append(f"{spec.name}: {str(column.iloc[index])[:40]!r} is not a number")
-        if spec.name in ("CNTSTUID",):
+        if spec.name in REQUIRED_VARIABLES:
             for index in np.flatnonzero(np.isnan(values) & ~not_a_number):
-                problems[int(index)].append(f"key column {spec.name} is NULL")
+                problems[int(index)].append(f"key column {spec.name} is NULL" if spec.name in KEY_VARIABLES
+                                            else f"{spec.name} is NULL: a response without weights cannot be analysed")
         elif spec.kind == Kind.CATEGORICAL:
             labelled = np.array(list(spec.value_labels), dtype=np.float64)
             out_of_range = ~np.isnan(values) & ~np.isin(values, labelled) & ~_missing_mask(spec, values)
@@ -117,9 +122,21 @@ def validate(batch: ParsedBatch, variables: Sequence[VariableSpec], *, country: 
                 problems[int(index)].append(f"{spec.name}: {values[index]:g} is not a code of this variable")
 
 
+def _check_plausible_values(batch: ParsedBatch) -> None:
+    """A student has all ten plausible values of a domain or none (the estimators average over all ten)."""
+    for domain in SCORE_DOMAINS:
+        present = np.column_stack([
+            pd.to_numeric(batch.values[f"PV{m}{domain}"], errors="coerce").notna().to_numpy() for m in range(1, 11)
+        ])
+        partial = present.any(axis=1) & ~present.all(axis=1)
+        for index in np.flatnonzero(partial):
+            batch.problems[int(index)].append(f"PV1{domain}..PV10{domain}: only {present[index].sum()} of 10 present")
+
+
 def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, country: str) -> Transformed:
     batch = parse_lines(lines, variables)
     validate(batch, variables, country=country)
+    _check_plausible_values(batch)
     by_name = {spec.name: spec for spec in variables}
 
     ok = np.ones(len(batch.row_ids), dtype=bool)

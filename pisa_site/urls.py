@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from metrics.urls import forage_urlpatterns
 from pisa_site.health import HealthView
 
 admin.site.site_header = "PISA Live administration"
@@ -15,4 +16,5 @@ urlpatterns = [
     path("api/v1/", include("codebook.urls")),
     path("api/v1/", include("ingestion.urls")),
     path("api/v1/", include("metrics.urls")),
+    path("api/forage/", include(forage_urlpatterns)),
 ]

@@ -102,3 +102,20 @@ def celery_worker_process(transactional_db):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def source_db(transactional_db, tmp_path):
+    """Create real source databases: `alb = source_db("ALB")`, `source_db("ARG", style="text")`."""
+    created: list = []
+
+    from tests.ingestion.factories import SourceDatabase
+
+    def make(code: str, **kwargs):
+        source = SourceDatabase(code, tmp_path=tmp_path, **kwargs)
+        created.append(source)
+        return source
+
+    yield make
+    for source in created:
+        source.drop()

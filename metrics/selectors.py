@@ -1,0 +1,142 @@
+"""Reads of the metrics app: everything the API serves, assembled from the per-country documents in Redis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from django.utils import timezone
+
+from metrics import cache
+from metrics.estimators import average_of_countries
+
+COUNTRY_LIST = re.compile(r"^[A-Z]{3,8}(,[A-Z]{3,8})*$")
+DOMAIN_NAMES = {"READ": "Reading", "MATH": "Mathematics", "SCIE": "Science"}
+LABELLED_VARIABLES = ("ESCS", "TMINS", "DURECEC", "BELONG", "ST004D01T", "W_FSTUWT")
+
+
+class InvalidParameter(ValueError):
+    """A query parameter the API refuses with 400 and this message."""
+
+
+def known_countries() -> set[str]:
+    """Codes a request may name: the codebook's CNT codes, the registered sources, and what has data."""
+    from codebook.selectors import country_names
+    from ingestion.models import Source
+
+    return set(country_names()) | set(Source.objects.values_list("code", flat=True)) | set(cache.published_countries())
+
+
+def countries_parse(raw: str | None) -> list[str]:
+    """`?countries=ALB,ARG` -> ["ALB", "ARG"]; absent or empty -> every country with data."""
+    if raw is None or raw.strip() == "":
+        return cache.published_countries()
+    text = raw.strip()
+    if not COUNTRY_LIST.match(text):
+        raise InvalidParameter(
+            f"countries must be comma-separated upper-case country codes, such as ALB,ARG (got {raw[:60]!r})")
+    codes = list(dict.fromkeys(text.split(",")))
+    unknown = sorted(set(codes) - known_countries())
+    if unknown:
+        raise InvalidParameter(f"unknown country code(s): {', '.join(unknown)}")
+    return codes
+
+
+def _labels() -> dict:
+    from codebook.selectors import country_names, variable_spec_map
+
+    specs = variable_spec_map()
+    return {
+        "domains": DOMAIN_NAMES,
+        "variables": {name: specs[name].label for name in LABELLED_VARIABLES if name in specs},
+        "gender_gap": "girls minus boys",
+        "countries": country_names(),
+    }
+
+
+def metrics_etag(countries: Sequence[str]) -> str:
+    from codebook.selectors import labels_version
+
+    return cache.view_etag("metrics", countries, labels_version())
+
+
+def metrics_view(countries: Sequence[str], etag: str) -> bytes:
+    def build() -> dict:
+        documents = cache.country_documents(countries)
+        with_data = {code: doc["statistics"] for code, doc in documents.items() if doc["statistics"]["n_students"]}
+        labels = _labels()
+        return {
+            "generated_at": timezone.now().isoformat(),
+            "countries": list(countries),
+            "labels": {**labels, "countries": {c: labels["countries"].get(c, c) for c in countries}},
+            "by_country": {code: documents.get(code) for code in countries},
+            "average": average_of_countries(with_data) if with_data else None,
+            "average_of": sorted(with_data),
+        }
+
+    return cache.view_bytes(etag, build)
+
+
+def country_document(country: str) -> dict | None:
+    return cache.country_documents([country]).get(country)
+
+
+def countries_overview() -> list[dict]:
+    from codebook.selectors import country_names
+
+    documents = cache.country_documents(cache.published_countries())
+    names = country_names()
+    return [
+        {"code": code, "name": names.get(code, code), "n_students": doc["statistics"]["n_students"],
+         "n_schools": doc["statistics"]["n_schools"], "freshness": doc["freshness"], "version": doc["version"]}
+        for code, doc in sorted(documents.items())
+    ]
+
+
+# --- The course dashboard's contract (shared/forage/API.md) ----------------------------------------------------
+
+def _value(estimate: dict | None, digits: int = 2):
+    if not estimate or estimate.get("value") is None:
+        return None
+    return round(estimate["value"], digits)
+
+
+def forage_view(kind: str, countries: Sequence[str]) -> dict:
+    documents = cache.country_documents(countries)
+    present = [documents[c] for c in countries if c in documents]
+    if kind == "submissions":
+        return {"count": sum(doc["statistics"]["n_students"] for doc in present)}
+    if kind == "submissions-over-time":
+        by_hour = dict.fromkeys((f"{h:02d}:00" for h in range(24)), 0)
+        for doc in present:
+            for hour, count in doc["submissions_by_hour_of_day"].items():
+                by_hour[hour] += count
+        return {"datasets": [{"id": "Submissions", "data": [{"x": h, "y": n} for h, n in by_hour.items()]}]}
+    if kind == "learning-hours":
+        return {"datasets": [
+            {"country": doc["country"], "hours": _value(doc["statistics"]["background"]["learning_hours_per_week"], 1)}
+            for doc in present]}
+    if kind == "escs":
+        return {"datasets": [{"id": doc["country"], "value": _value(doc["statistics"]["background"]["escs_mean"], 3)}
+                             for doc in present]}
+    if kind == "early-education-belonging":
+        return {"datasets": [
+            {"id": doc["country"], "data": [{
+                "x": _value(doc["statistics"]["background"]["durecec_mean"]),
+                "y": _value(doc["statistics"]["background"]["belong_mean"], 3),
+                "submissions": doc["statistics"]["n_students"],
+            }]} for doc in present]}
+    raise InvalidParameter(f"unknown chart {kind!r}")
+
+
+FORAGE_CHARTS = ("submissions", "submissions-over-time", "learning-hours", "escs", "early-education-belonging")
+# The counter and the line chart are over all countries in the course's contract; the others take a selector.
+FORAGE_ALL_COUNTRIES = ("submissions", "submissions-over-time")
+
+
+def forage_etag(kind: str, countries: Sequence[str]) -> str:
+    return cache.view_etag(f"forage:{kind}", countries)
+
+
+def forage_bytes(kind: str, countries: Sequence[str], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: forage_view(kind, countries))
