@@ -90,3 +90,21 @@ class ForageApi(PublicApi):
             return bad_request(str(exc))
         etag = selectors.forage_etag(self.chart, countries)
         return cached_json(request, etag, lambda: selectors.forage_bytes(self.chart, countries, etag))
+
+
+class VariableDistributionApi(PublicApi):
+    @extend_schema(parameters=[COUNTRIES_PARAMETER],
+                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="Weighted distribution by country"),
+                              304: OpenApiResponse(),
+                              400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad country list"),
+                              404: OpenApiResponse(OpenApiTypes.OBJECT, description="Not a codebook variable")})
+    def get(self, request, name: str):
+        try:
+            countries = selectors.countries_parse(request.GET.get("countries"))
+        except selectors.InvalidParameter as exc:
+            return bad_request(str(exc))
+        try:
+            etag = selectors.distribution_etag(name, countries)
+        except selectors.UnknownVariable as exc:
+            return JsonResponse({"error": str(exc)}, status=404)
+        return cached_json(request, etag, lambda: selectors.distribution_bytes(name, countries, etag))

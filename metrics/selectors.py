@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 
 from django.utils import timezone
 
 from metrics import cache
+from metrics.distribution import UnknownVariable, variable_distribution, variable_position
 from metrics.estimators import average_of_countries
 
 COUNTRY_LIST = re.compile(r"^[A-Z]{3,8}(,[A-Z]{3,8})*$")
@@ -140,3 +142,22 @@ def forage_etag(kind: str, countries: Sequence[str]) -> str:
 
 def forage_bytes(kind: str, countries: Sequence[str], etag: str) -> bytes:
     return cache.view_bytes(etag, lambda: forage_view(kind, countries))
+
+
+# --- Any variable's distribution ----------------------------------------------------------------------------------
+
+# A distribution reads the raw line of every student of the countries asked for, so it is recomputed at most once
+# per period for a given variable and countries, however fast rows arrive: its ETag follows the labels and the clock.
+DISTRIBUTION_TTL_SECONDS = 15
+
+
+def distribution_etag(name: str, countries: Sequence[str]) -> str:
+    from codebook.selectors import labels_version
+
+    _, spec = variable_position(name)  # raises UnknownVariable
+    period = int(time.time() // DISTRIBUTION_TTL_SECONDS)
+    return cache.view_etag(f"distribution:{spec.name}:{','.join(countries)}", [], labels_version(), period)
+
+
+def distribution_bytes(name: str, countries: Sequence[str], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: variable_distribution(name=name, countries=list(countries)))

@@ -7,6 +7,7 @@ urlpatterns = [
     path("metrics/", apis.MetricsApi.as_view(), name="metrics"),
     path("countries/", apis.CountryListApi.as_view(), name="country-list"),
     path("countries/<str:code>/", apis.CountryDetailApi.as_view(), name="country-detail"),
+    path("variables/<str:name>/distribution/", apis.VariableDistributionApi.as_view(), name="variable-distribution"),
 ]
 
 # Mounted under /api/forage/ by pisa_site/urls.py.
