@@ -135,7 +135,7 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _redis_db(REDIS_URL, 
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "pisa_site.cache.ReusingRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "pisa",
         "TIMEOUT": 300,
