@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "codebook",
     "ingestion",
     "metrics",
+    "simulator",
 ]
 
 MIDDLEWARE = [
@@ -138,6 +139,12 @@ CACHES = {
         "TIMEOUT": 300,
     }
 }
+
+# --- PISA reference data and the source simulator ------------------------------------------------------------
+PISA_SHARED_DIR = Path(os.environ.get("PISA_SHARED_DIR") or BASE_DIR.parent / "shared")
+PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or BASE_DIR.parent / "shared" / "pisa2018" / "codebook.csv")
+# Off, `manage.py simulate` (the Procfile's `simulator` process) says so and idles instead of feeding the sources.
+SIMULATOR_ENABLED = env_bool("SIMULATOR_ENABLED", True)
 
 # --- Auth, i18n, static ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
