@@ -14,6 +14,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from codebook.catalogue import PLAUSIBLE_VALUE, VariableSpec
@@ -23,7 +24,9 @@ PUBLISHED_DOMAINS = {"MATH": "math_mean", "READ": "read_mean", "SCIE": "scie_mea
 DOMAIN_SHIFTED_WITH = {"RCLI": "READ", "RCUN": "READ", "RCER": "READ", "RTSN": "READ", "RTML": "READ"}
 # Used when the codebook alone is available (no sample): PISA's scale is centred on 500 with SD 100.
 SYNTHETIC_PV_MEAN, SYNTHETIC_PV_SD = 500.0, 90.0
-SYNTHETIC_POOL_SIZE = 400
+SYNTHETIC_POOL_SIZE = 150
+# How far a student's ten PVs spread around their ability (the imputation variance PISA's PVs carry).
+SYNTHETIC_PV_SPREAD = 30.0
 SYNTHETIC_MISSING_SHARE = 0.08
 # Each student's PVs move together by a small random offset, so that copies of one template differ; it has mean zero
 # and is independent of the weight, so it leaves the expected weighted mean where the shift put it.
@@ -51,14 +54,22 @@ def typed_value(spec: VariableSpec, raw: str):
     return int(number) if spec.decimals == 0 and number.is_integer() else number
 
 
-def sample_records(path: Path, specs: list[VariableSpec]) -> list[dict[str, object]]:
-    """The sample file's students as typed rows keyed by lower-case column name (missing codes kept, '' -> None)."""
+def sample_records(path: Path, specs: list[VariableSpec]) -> tuple[dict[str, object], ...]:
+    """The sample file's students as typed rows keyed by lower-case column name (missing codes kept, '' -> None).
+
+    Parsed once per process (1.4 million values take seconds): callers copy a record before changing it.
+    """
+    return _parsed_sample(path, path.stat().st_mtime, tuple(specs))
+
+
+@lru_cache(maxsize=2)
+def _parsed_sample(path: Path, modified: float, specs: tuple[VariableSpec, ...]) -> tuple[dict[str, object], ...]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         absent = [spec.name for spec in specs if spec.name not in (reader.fieldnames or [])]
         if absent:
             raise ValueError(f"{path} lacks {len(absent)} codebook variable(s), e.g. {', '.join(absent[:5])}")
-        return [{spec.name.lower(): typed_value(spec, row[spec.name]) for spec in specs} for row in reader]
+        return tuple({spec.name.lower(): typed_value(spec, row[spec.name]) for spec in specs} for row in reader)
 
 
 def country_ids(specs: Iterable[VariableSpec]) -> dict[str, tuple[int, str]]:
@@ -250,41 +261,44 @@ def weighted_pv_mean(rows: list[dict], domain: str) -> float | None:
 
 def _synthetic_records(specs: list[VariableSpec], rng: random.Random, count: int) -> list[dict[str, object]]:
     """Records drawn from the codebook alone: labelled answers, some missing codes, PVs around 500, Fay weights."""
+    drawers = [(spec.name.lower(), _value_drawer(spec)) for spec in specs]
+    pv_columns = _plausible_value_columns(specs)
+    weight_decimals = next((spec.decimals for spec in specs if spec.name == "W_FSTUWT"), 5)
     records = []
-    for index in range(count):
-        record = {spec.name.lower(): _synthetic_value(spec, rng) for spec in specs}
+    for _ in range(count):
+        record = {column: draw(rng) for column, draw in drawers}
         record.update(cntryid=0, cnt="XXX", cntschid=0, cntstuid=0, cyc="07MS", stratum="XXX0101", subnatio="0000000")
-        final_weight = round(rng.uniform(5.0, 300.0), specs_decimals(specs, "W_FSTUWT"))
+        final_weight = round(rng.uniform(5.0, 300.0), weight_decimals)
         record["w_fstuwt"] = final_weight
         for replicate in range(1, 81):
-            record[f"w_fsturwt{replicate}"] = final_weight * rng.choice((0.5, 1.5))
-        for domain_columns in _plausible_value_columns(specs).values():
+            # Fay's BRR with k = 0.5: each replicate weight is half or one and a half times the final weight.
+            record[f"w_fsturwt{replicate}"] = round(final_weight * rng.choice((0.5, 1.5)), weight_decimals)
+        for columns in pv_columns.values():
             ability = rng.gauss(SYNTHETIC_PV_MEAN, SYNTHETIC_PV_SD)
-            for column in domain_columns:
-                record[column] = round(ability + rng.gauss(0.0, 30.0), 3)
+            for column in columns:
+                record[column] = round(ability + rng.gauss(0.0, SYNTHETIC_PV_SPREAD), 3)
         records.append(record)
     return records
 
 
-def specs_decimals(specs: list[VariableSpec], name: str) -> int:
-    return next((spec.decimals for spec in specs if spec.name == name), 5)
-
-
-def _synthetic_value(spec: VariableSpec, rng: random.Random):
+def _value_drawer(spec: VariableSpec) -> Callable[[random.Random], object]:
+    """How to draw one value of a variable: mostly a labelled answer (or a plain number), sometimes a missing code."""
     if spec.is_text:
-        return None
-    missing_codes = list(spec.na_values) or ([spec.na_range[1]] if spec.na_range else [])
-    if missing_codes and rng.random() < SYNTHETIC_MISSING_SHARE:
-        return int(rng.choice(missing_codes)) if spec.decimals == 0 else rng.choice(missing_codes)
-    answers = [value for value in spec.value_labels if not spec.is_missing(value)]
-    if answers:
-        value = rng.choice(answers)
-        return int(value) if spec.decimals == 0 else value
-    if spec.decimals == 0:
-        value = rng.randint(0, min(10**spec.width - 1, 100))
-    else:
-        value = round(rng.gauss(0.0, 1.0), spec.decimals)
-    return None if spec.is_missing(value) else value
+        return lambda rng: None
+    as_stored = int if spec.decimals == 0 else float
+    missing_codes = [as_stored(code) for code in (list(spec.na_values) or ([spec.na_range[1]] if spec.na_range else []))]
+    answers = [as_stored(value) for value in spec.value_labels if not spec.is_missing(value)]
+    largest = min(10**spec.width - 1, 100)
+
+    def draw(rng: random.Random):
+        if missing_codes and rng.random() < SYNTHETIC_MISSING_SHARE:
+            return rng.choice(missing_codes)
+        if answers:
+            return rng.choice(answers)
+        value = rng.randint(0, largest) if spec.decimals == 0 else round(rng.gauss(0.0, 1.0), spec.decimals)
+        return None if spec.is_missing(value) else value
+
+    return draw
 
 
 def _text_formatter(spec: VariableSpec) -> Callable[[object], str]:

@@ -94,3 +94,12 @@ def celery_worker_process(transactional_db):
     yield start
     for worker in started:
         worker.stop()
+
+
+def shared_path(*parts: str) -> Path:
+    """A file of the shared reference data (`PISA_SHARED_DIR`, else ../shared); skips the test when it is absent."""
+    base = Path(os.environ["PISA_SHARED_DIR"]) if os.environ.get("PISA_SHARED_DIR") else SHARED
+    path = base.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference file {path} is absent (set PISA_SHARED_DIR to the shared/ folder)")
+    return path

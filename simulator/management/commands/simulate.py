@@ -57,8 +57,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        # SIGTERM (honcho, docker) and Ctrl-C end the loop between two batches: no half-written batch, no traceback.
+        previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._simulate(stop, options)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _simulate(self, stop: threading.Event, options) -> None:
         if not settings.SIMULATOR_ENABLED:
             self.stdout.write("The source simulator is disabled (SIMULATOR_ENABLED=0); idling until stopped.")
             stop.wait()
