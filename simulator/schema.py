@@ -74,6 +74,16 @@ def source_database_url(*, server_url: str | URL, database: str) -> str:
     return with_installed_driver(url).set(database=database).render_as_string(hide_password=False)
 
 
+CODE_PLACEHOLDER = "{code}"
+_SAFE_PLACEHOLDER = "__country_code__"
+
+
+def url_template_on(server: URL, *, database: str) -> str:
+    """A `{code}` URL template for databases on a server (rendering a URL would escape the braces)."""
+    rendered = server.set(database=database.replace(CODE_PLACEHOLDER, _SAFE_PLACEHOLDER))
+    return rendered.render_as_string(hide_password=False).replace(_SAFE_PLACEHOLDER, CODE_PLACEHOLDER)
+
+
 def _database_exists(connection, database: str) -> bool:
     return connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}).first() is not None
 

@@ -19,7 +19,9 @@ from codebook.catalogue import VariableSpec
 from ingestion.models import Source
 from ingestion.services import source_register
 from simulator.models import Injection, SimulatorControl, StudentSerial
-from simulator.schema import server_url_of, source_database_create, source_table, table_style
+from simulator.schema import (
+    CODE_PLACEHOLDER, server_url_of, source_database_create, source_table, table_style, url_template_on,
+)
 from simulator.students import StudentFactory, TextStyle
 
 DEFAULT_DATABASE_PREFIX = "pisa_src_"
@@ -47,14 +49,13 @@ class SourceHandle:
 
 def default_url_template() -> str:
     """`pisa_src_{code}` databases on the warehouse's PostgreSQL server."""
-    server = server_url_of(settings.DATABASE_URL)
-    return server.set(database=DEFAULT_DATABASE_PREFIX + "{code}").render_as_string(hide_password=False)
+    return url_template_on(server_url_of(settings.DATABASE_URL), database=DEFAULT_DATABASE_PREFIX + CODE_PLACEHOLDER)
 
 
 def source_url_for(*, code: str, url_template: str) -> str:
-    if "{code}" not in url_template:
+    if CODE_PLACEHOLDER not in url_template:
         raise ValueError(f"the URL template must contain {{code}}, got {url_template!r}")
-    return url_template.replace("{code}", code.lower())
+    return url_template.replace(CODE_PLACEHOLDER, code.lower())
 
 
 def source_provision(

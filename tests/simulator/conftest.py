@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from codebook.catalogue import read_codebook_csv
-from simulator.schema import source_database_drop
+from simulator.schema import source_database_drop, url_template_on
 from simulator.students import StudentFactory
 from tests.conftest import shared_path
 
@@ -59,7 +59,7 @@ def pg_url_template():
     (the server may be shared with a running stack or another CI run)."""
     prefix = f"pisa_t{uuid.uuid4().hex[:10]}_"
     server = _test_server_url()
-    yield server.set(database=prefix + "{code}").render_as_string(hide_password=False)
+    yield url_template_on(server, database=prefix + "{code}")
     engine = create_engine(server, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         names = connection.execute(
