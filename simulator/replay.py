@@ -18,10 +18,10 @@ class ReplayFileError(ValueError):
 
 
 def _typed_number(spec: VariableSpec, value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return None
     if spec.is_text:
-        return str(value) if value != "" else None
+        return str(value)
     number = float(value)
     return int(number) if spec.decimals == 0 and number.is_integer() else number
 
