@@ -150,15 +150,15 @@ def test_replaying_a_small_sav_file_keeps_values_and_missing_codes(
         assert missing_coded and all(row[name.lower()] == float(record[name]) for name in missing_coded)
 
 
-def run_simulate_process(tmp_path, **env) -> subprocess.Popen:
+def run_simulate_process(tmp_path, *args: str, **env: str) -> subprocess.Popen:
     from django.conf import settings
 
+    env = {"PISA_CODEBOOK_PATH": str(settings.PISA_CODEBOOK_PATH), "PISA_SHARED_DIR": str(settings.PISA_SHARED_DIR),
+           **env}
     return subprocess.Popen(
         [sys.executable, "manage.py", "simulate", "--countries", "DNK", "--seed-rows", "3", "--rate", "5",
-         "--url-template", f"sqlite:///{tmp_path}/src_{{code}}.db"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=subprocess_env(PISA_CODEBOOK_PATH=str(settings.PISA_CODEBOOK_PATH),
-                           PISA_SHARED_DIR=str(settings.PISA_SHARED_DIR), **env),
+         "--url-template", f"sqlite:///{tmp_path}/src_{{code}}.db", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(**env),
     )
 
 
@@ -188,3 +188,11 @@ def test_a_disabled_simulator_says_so_and_idles_until_stopped(shared_settings, t
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in output
     assert not Source.objects.exists()
+
+
+def test_under_honcho_a_simulator_that_cannot_start_says_why_and_idles(shared_settings, tmp_path, transactional_db):
+    process = run_simulate_process(tmp_path, "--keep-alive", PISA_CODEBOOK_PATH=str(tmp_path / "absent.csv"))
+    wait_for_line(process, "absent.csv")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in output

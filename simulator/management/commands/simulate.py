@@ -54,6 +54,9 @@ class Command(BaseCommand):
                             help="rows all sources together hold before the continuous feed starts")
         parser.add_argument("--duration", type=float, help="stop after this many seconds")
         parser.add_argument("--max-rows", type=int, help="stop after feeding this many rows (after seeding)")
+        parser.add_argument("--keep-alive", action="store_true",
+                            help="when the simulator cannot start (no codebook, say), print why and idle until "
+                                 "stopped instead of exiting: under honcho an exit would stop the whole stack")
 
     def handle(self, *args, **options):
         stop = threading.Event()
@@ -61,6 +64,11 @@ class Command(BaseCommand):
         previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._simulate(stop, options)
+        except CommandError as exc:
+            if not options["keep_alive"]:
+                raise
+            self.stderr.write(f"The source simulator cannot start: {exc}\nIdling until stopped.")
+            stop.wait()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
