@@ -142,7 +142,9 @@ CACHES = {
 
 # --- PISA reference data and the source simulator ------------------------------------------------------------
 PISA_SHARED_DIR = Path(os.environ.get("PISA_SHARED_DIR") or BASE_DIR.parent / "shared")
-PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or BASE_DIR.parent / "shared" / "pisa2018" / "codebook.csv")
+PISA_CODEBOOK_PATH = Path(
+    os.environ.get("PISA_CODEBOOK_PATH") or BASE_DIR.parent / "shared" / "pisa2018" / "codebook.csv"
+)
 # Off, `manage.py simulate` (the Procfile's `simulator` process) says so and idles instead of feeding the sources.
 SIMULATOR_ENABLED = env_bool("SIMULATOR_ENABLED", True)
 

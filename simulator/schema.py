@@ -85,7 +85,8 @@ def url_template_on(server: URL, *, database: str) -> str:
 
 
 def _database_exists(connection, database: str) -> bool:
-    return connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}).first() is not None
+    query = text("SELECT 1 FROM pg_database WHERE datname = :name")
+    return connection.execute(query, {"name": database}).first() is not None
 
 
 def source_database_create(*, server_url: str, database: str) -> str:

@@ -213,7 +213,8 @@ def source_empty(*, handle: SourceHandle) -> Injection:
     removed = responses_count(engine=handle.engine, table=handle.table)
     with handle.engine.begin() as connection:
         if handle.engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"TRUNCATE {handle.engine.dialect.identifier_preparer.format_table(handle.table)}")
+            quoted = handle.engine.dialect.identifier_preparer.format_table(handle.table)
+            connection.exec_driver_sql(f"TRUNCATE {quoted}")
         else:
             connection.execute(handle.table.delete())
     return Injection.objects.create(source_code=handle.code, kind=Injection.Kind.EMPTY,

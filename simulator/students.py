@@ -106,6 +106,14 @@ def country_means(path: Path | None) -> tuple[dict[str, dict[str, float]], dict[
     return published, default
 
 
+def oecd_members(path: Path | None) -> frozenset[str]:
+    """The countries the means file gives at full precision, with standard errors: the OECD members."""
+    if path is None or not path.exists():
+        return frozenset()
+    with path.open(newline="", encoding="utf-8") as handle:
+        return frozenset(row["CNT"] for row in csv.DictReader(handle) if row.get("math_se"))
+
+
 @dataclass
 class _School:
     serial: int
@@ -130,6 +138,7 @@ class StudentFactory:
         self.rng = random.Random(seed)
         self.countries = country_ids(specs)
         self.published_means, self.default_means = country_means(country_means_path)
+        self.oecd_members = oecd_members(country_means_path)
         self._allocate_serials = serial_allocator or _InMemorySerials()
         self.coarse = sample_path is None or not sample_path.exists()
         self.pool = (
@@ -192,6 +201,8 @@ class StudentFactory:
         row["cnt"] = country
         row["cntschid"] = country_id * 10**SERIAL_DIGITS + school.serial
         row["cntstuid"] = country_id * 10**SERIAL_DIGITS + serial
+        if self.oecd_members:
+            row["oecd"] = int(country in self.oecd_members)
         for column in ("stratum", "subnatio"):
             row[column] = _rekeyed_text(school.anchor[column], school.anchor["cntryid"], school.anchor["cnt"],
                                         country_id, country)
@@ -286,7 +297,8 @@ def _value_drawer(spec: VariableSpec) -> Callable[[random.Random], object]:
     if spec.is_text:
         return lambda rng: None
     as_stored = int if spec.decimals == 0 else float
-    missing_codes = [as_stored(code) for code in (list(spec.na_values) or ([spec.na_range[1]] if spec.na_range else []))]
+    codes = list(spec.na_values) or ([spec.na_range[1]] if spec.na_range else [])
+    missing_codes = [as_stored(code) for code in codes]
     answers = [as_stored(value) for value in spec.value_labels if not spec.is_missing(value)]
     largest = min(10**spec.width - 1, 100)
 
