@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import random
 import time
@@ -69,11 +68,12 @@ def source_provision(
         url = source_database_create(server_url=url, database=parsed.database)
     engine = create_engine(url, pool_size=2, pool_pre_ping=True) if parsed.drivername.startswith("postgresql") \
         else create_engine(url)
-    table = source_table(specs, style=style, metadata=MetaData())
-    table.metadata.create_all(engine)
-    existing = Table(table.name, MetaData(), autoload_with=engine)
+    wanted = source_table(specs, style=style, metadata=MetaData())
+    wanted.metadata.create_all(engine)
+    # An existing table stays as it is (its style included): write to what is there.
+    table = Table(wanted.name, MetaData(), autoload_with=engine)
     source_register(code=code, name=name, url=url, table_name=table.name, poll_interval_seconds=poll_interval_seconds)
-    return SourceHandle(code=code, engine=engine, table=table, style=table_style(existing))
+    return SourceHandle(code=code, engine=engine, table=table, style=table_style(table))
 
 
 def source_open(source: Source) -> SourceHandle:
