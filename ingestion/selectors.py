@@ -1,10 +1,24 @@
-"""Reads of the ingestion app."""
+"""Reads of the ingestion app: the source registry and where each source stands."""
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ingestion.models import Source, SourceState
+from ingestion.services import SourceNotFoundError
+
+
+def source_list(*, enabled: bool | None = None) -> QuerySet[Source]:
+    sources = Source.objects.all()
+    return sources if enabled is None else sources.filter(enabled=enabled)
+
+
+def source_get(*, code: str) -> Source:
+    try:
+        return Source.objects.get(code=code)
+    except Source.DoesNotExist:
+        raise SourceNotFoundError(f"no source with code {code!r} (see `manage.py sources list`)") from None
 
 
 def source_statuses() -> list[dict]:
