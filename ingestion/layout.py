@@ -4,8 +4,9 @@ A source row has 1,118 PISA variables. PostgreSQL allows 1,600 columns and ~8 KB
 would need ~9 KB, so the warehouse keeps each student as:
 
 - **raw**: every one of the 1,118 values, losslessly, as the tab-separated line of PostgreSQL's COPY text format
-  (`\\N` for NULL, the source's own spelling otherwise: `NA` stays `NA`), in codebook order. One TOAST-compressed text
-  value (~1-2 KB on disk) instead of 1,118 columns; a single variable is `split_part(raw, E'\\t', position)`.
+  (`\\N` for NULL, the source's own spelling otherwise: `NA` stays `NA`), in codebook order. One text value (~4 KB,
+  kept out of line and uncompressed: pglz would cost as much CPU as the rest of a load, see migration 0003) instead of
+  1,118 columns; a single variable is `split_part(raw, E'\\t', position)`.
 - **analysis columns**: the ~120 values the metrics read on every refresh (final and 80 replicate weights, 30 plausible
   values, gender, ESCS, TMINS, DURECEC, BELONG) as nullable `float8`, with every PISA missing code already NULL, so
   a 99 can never enter an average.

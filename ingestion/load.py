@@ -52,12 +52,17 @@ def country_write_lock(cursor, *, country: str) -> None:
 def _ensure_staging(cursor) -> None:
     # A temporary table per connection, emptied at each commit: no catalog churn per batch. NaN stands for NULL in
     # its float columns (binary COPY rows then have a fixed layout); the upsert turns NaN back into NULL.
+    cursor.execute(f"SELECT to_regclass('pg_temp.{STAGING}')")
+    if cursor.fetchone()[0] is not None:
+        return
     cursor.execute(
-        f"""CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
+        f"""CREATE TEMP TABLE {STAGING} (
                 cntstuid bigint, cntschid float8, source_row_id bigint, source_created_at timestamptz,
                 raw_md5 text, {", ".join(f"{c} float8" for c in ANALYSIS_COLUMNS)}, raw text, country text
             ) ON COMMIT DELETE ROWS"""
     )
+    # Never compressed here (a staged row fits a page): see the warehouse's own choice in migration 0003.
+    cursor.execute(f"ALTER TABLE {STAGING} ALTER COLUMN raw SET STORAGE PLAIN")
 
 
 STAGING_COLUMNS = f"cntstuid, cntschid, source_row_id, source_created_at, raw_md5, {ANALYSIS}, raw, country"
