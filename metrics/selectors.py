@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 
 from django.utils import timezone
 
 from metrics import cache
+from metrics.distribution import UnknownVariable, variable_distribution, variable_position
 from metrics.estimators import average_of_countries
 
 COUNTRY_LIST = re.compile(r"^[A-Z]{3,8}(,[A-Z]{3,8})*$")
@@ -20,26 +22,53 @@ class InvalidParameter(ValueError):
 
 
 def known_countries() -> set[str]:
-    """Codes a request may name: the codebook's CNT codes, the registered sources, and what has data."""
+    """Codes a request may name: the codebook's CNT codes and every country with published data (no SQL: this runs
+    on every request)."""
     from codebook.selectors import country_names
-    from ingestion.models import Source
 
-    return set(country_names()) | set(Source.objects.values_list("code", flat=True)) | set(cache.published_countries())
+    return set(country_names()) | set(cache.published_countries())
 
 
-def countries_parse(raw: str | None) -> list[str]:
-    """`?countries=ALB,ARG` -> ["ALB", "ARG"]; absent or empty -> every country with data."""
+def _country_codes(raw: str | None) -> list[str] | None:
+    """The syntax of `?countries=`: None when absent or empty (meaning every country with data)."""
     if raw is None or raw.strip() == "":
-        return cache.published_countries()
+        return None
     text = raw.strip()
     if not COUNTRY_LIST.match(text):
         raise InvalidParameter(
             f"countries must be comma-separated upper-case country codes, such as ALB,ARG (got {raw[:60]!r})")
-    codes = list(dict.fromkeys(text.split(",")))
-    unknown = sorted(set(codes) - known_countries())
-    if unknown:
-        raise InvalidParameter(f"unknown country code(s): {', '.join(unknown)}")
-    return codes
+    return list(dict.fromkeys(text.split(",")))
+
+
+def _check_known(countries: Sequence[str], versions: Sequence[bytes | None]) -> None:
+    """Only countries without data need the codebook's word that they exist (the slow path)."""
+    without_data = [code for code, version in zip(countries, versions) if version is None]
+    if without_data:
+        unknown = sorted(set(without_data) - known_countries())
+        if unknown:
+            raise InvalidParameter(f"unknown country code(s): {', '.join(unknown)}")
+
+
+def countries_parse(raw: str | None) -> list[str]:
+    """`?countries=ALB,ARG` -> ["ALB", "ARG"]; absent or empty -> every country with data."""
+    codes = _country_codes(raw)
+    if codes is None:
+        return cache.published_countries()
+    countries, versions, _ = cache.versions_lookup(codes)
+    _check_known(countries, versions)
+    return countries
+
+
+def view_lookup(kind: str, raw: str | None, *, with_labels: bool) -> tuple[list[str], str]:
+    """The hot path of every polled view: parse `?countries=`, then one Redis round trip for the versions the ETag
+    is made of. Returns (countries, etag); raises InvalidParameter."""
+    countries, versions, labels = cache.versions_lookup(_country_codes(raw))
+    _check_known(countries, versions)
+    if with_labels and labels is None:
+        from codebook.selectors import labels_version
+
+        labels = str(labels_version()).encode()  # first use since Redis was flushed: seed it
+    return countries, cache.etag_of(kind, countries, versions, labels.decode() if with_labels else "")
 
 
 def _labels() -> dict:
@@ -52,12 +81,6 @@ def _labels() -> dict:
         "gender_gap": "girls minus boys",
         "countries": country_names(),
     }
-
-
-def metrics_etag(countries: Sequence[str]) -> str:
-    from codebook.selectors import labels_version
-
-    return cache.view_etag("metrics", countries, labels_version())
 
 
 def metrics_view(countries: Sequence[str], etag: str) -> bytes:
@@ -134,9 +157,24 @@ FORAGE_CHARTS = ("submissions", "submissions-over-time", "learning-hours", "escs
 FORAGE_ALL_COUNTRIES = ("submissions", "submissions-over-time")
 
 
-def forage_etag(kind: str, countries: Sequence[str]) -> str:
-    return cache.view_etag(f"forage:{kind}", countries)
-
-
 def forage_bytes(kind: str, countries: Sequence[str], etag: str) -> bytes:
     return cache.view_bytes(etag, lambda: forage_view(kind, countries))
+
+
+# --- Any variable's distribution ----------------------------------------------------------------------------------
+
+# A distribution reads the raw line of every student of the countries asked for, so it is recomputed at most once
+# per period for a given variable and countries, however fast rows arrive: its ETag follows the labels and the clock.
+DISTRIBUTION_TTL_SECONDS = 15
+
+
+def distribution_etag(name: str, countries: Sequence[str]) -> str:
+    from codebook.selectors import labels_version
+
+    _, spec = variable_position(name)  # raises UnknownVariable
+    period = int(time.time() // DISTRIBUTION_TTL_SECONDS)
+    return cache.view_etag(f"distribution:{spec.name}:{','.join(countries)}", [], labels_version(), period)
+
+
+def distribution_bytes(name: str, countries: Sequence[str], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: variable_distribution(name=name, countries=list(countries)))

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "codebook",
     "ingestion",
     "metrics",
+    "simulator",
     "dashboard",
 ]
 
@@ -136,18 +137,17 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _redis_db(REDIS_URL, 
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "pisa_site.cache.ReusingRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "pisa",
         "TIMEOUT": 300,
     }
 }
 
-# --- Codebook --------------------------------------------------------------------------------------------------
-# Loaded by `make run` (manage.py bootstrap) when the file exists and the codebook is still empty.
-PISA_CODEBOOK_PATH = Path(
-    os.environ.get("PISA_CODEBOOK_PATH") or BASE_DIR.parent / "shared" / "pisa2018" / "codebook.csv"
-)
+# --- PISA reference data and the source simulator ------------------------------------------------------------
+# The codebook is loaded by `make run` (manage.py bootstrap) when the file exists and the codebook is still empty.
+# Off, `manage.py simulate` (the Procfile's `simulator` process) says so and idles instead of feeding the sources.
+SIMULATOR_ENABLED = env_bool("SIMULATOR_ENABLED", True)
 
 # --- Auth, i18n, static ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

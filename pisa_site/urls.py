@@ -2,13 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from metrics.urls import forage_urlpatterns
+from metrics.urls import polled_urlpatterns
 from pisa_site.health import HealthView
 
 admin.site.site_header = "PISA Live administration"
 admin.site.site_title = "PISA Live"
 
 urlpatterns = [
+    *polled_urlpatterns,
     path("admin/", admin.site.urls),
     path("api/v1/health/", HealthView.as_view(), name="health"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -16,6 +17,5 @@ urlpatterns = [
     path("api/v1/", include("codebook.urls")),
     path("api/v1/", include("ingestion.urls")),
     path("api/v1/", include("metrics.urls")),
-    path("api/forage/", include(forage_urlpatterns)),
     path("", include("dashboard.urls")),
 ]

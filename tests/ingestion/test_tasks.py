@@ -80,3 +80,25 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(source_db, celer
     assert wait_until(lambda: loaded(alb.source) == len(ids), timeout=120)
     rows = list(Student.objects.filter(source=alb.source).values_list("source_row_id", flat=True))
     assert sorted(rows) == sorted(ids)
+
+
+def test_a_load_triggers_one_metrics_refresh_after_commit_and_the_api_count_follows(
+        source_db, celery_worker_process, client):
+    alb = source_db("ALB")
+    alb.insert_students(9)
+    celery_worker_process("ingestion,metrics", concurrency=2)
+    fan_out()
+    assert wait_until(lambda: client.get("/api/forage/submissions").json()["count"] == 9)
+
+
+def test_refresh_requests_for_a_country_are_coalesced_while_one_is_pending():
+    import redis
+    from django.conf import settings
+
+    from ingestion.followup import metrics_refresh_request
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("metrics")
+    assert [metrics_refresh_request(country="ARG") for _ in range(3)] == [True, False, False]
+    assert metrics_refresh_request(country="AUS") is True
+    assert broker.llen("metrics") == 2  # one queued message per country, no matter how many loads asked

@@ -13,6 +13,7 @@ import urllib.request
 
 import psutil
 import pytest
+from django.conf import settings
 
 from pisa_site.embedded import EmbeddedServices, _free_port
 from tests.conftest import ROOT
@@ -29,6 +30,17 @@ def http_status(url: str) -> int | None:
         return exc.code
     except OSError:
         return None
+
+
+def wait_for_log(text: str, process: subprocess.Popen, log_path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if text in log_path.read_text():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"{text!r} never appeared in the stack's log:\n{log_path.read_text()[-4000:]}")
 
 
 def wait_for(url: str, process: subprocess.Popen, log_path) -> int:
@@ -86,8 +98,10 @@ def test_the_stack_comes_up_and_one_ctrl_c_stops_every_process(stack):
     everything = [psutil.Process(process.pid), *launched,
                   psutil.Process(services.postgres.pid()), psutil.Process(services.redis.pid())]
     names = " ".join(p.name() for p in launched)
-    for expected in ("honcho", "gunicorn", "celery"):
+    for expected in ("honcho", "gunicorn", "celery", "simulate"):
         assert expected in names or any(expected in " ".join(p.cmdline()) for p in launched), expected
+    if settings.PISA_CODEBOOK_PATH.exists():
+        wait_for_log("Seeded", process, log_path)  # the 20 demo sources exist and responses flow
 
     os.killpg(process.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
     process.wait(timeout=60)

@@ -1,0 +1,126 @@
+"""Requests per second of GET /api/v1/metrics/ (200 and 304) next to a minimal Django view returning constant bytes,
+served by the same gunicorn with the same settings, in the same run.
+
+    .venv/bin/python -m bench.api [--quick]
+
+20 countries with published metrics; the metrics URL asks for all of them. Load comes from client processes on this
+machine with persistent connections (so the machine's 2 cores are shared by server and clients alike, for both
+figures). Targets: a 304 at least 0.8 of the constant view; a 200 at least 0.8 of a constant view sending as many bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+from bench.common import ROOT, bench_environment, median, report
+from bench.metrics import add_students
+
+COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
+CLIENTS = 4
+WEB_WORKERS, WEB_THREADS = 2, 8
+
+
+def _hammer(port: int, path: str, headers: dict, seconds: float, out) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    count, errors, latencies = 0, 0, []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - started)
+        if response.status not in (200, 304):
+            errors += 1
+        count += 1
+    out.put((count, errors, latencies))
+
+
+def requests_per_second(port: int, path: str, headers: dict, seconds: float) -> tuple[float, float, int]:
+    queue = multiprocessing.Queue()
+    clients = [multiprocessing.Process(target=_hammer, args=(port, path, headers, seconds, queue))
+               for _ in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    results = [queue.get() for _ in clients]
+    for client in clients:
+        client.join()
+    latencies = sorted(x for r in results for x in r[2])
+    return sum(r[0] for r in results) / seconds, latencies[len(latencies) // 2] * 1000, sum(r[1] for r in results)
+
+
+def metrics_body_size(students: int) -> int:
+    """The size of the 20-country metrics body, measured in this process before the server starts."""
+    from django.test import Client
+
+    response = Client(HTTP_HOST="127.0.0.1").get(f"/api/v1/metrics/?countries={','.join(COUNTRIES)}")
+    return len(response.content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    quick = parser.parse_args().quick
+    seconds, rounds, students = (3, 1, 200) if quick else (8, 3, 2_000)
+    with bench_environment():
+        from pisa_site.embedded import _free_port
+        from ingestion.models import Source
+        from metrics.services import country_metrics_rebuild
+
+        rng = np.random.default_rng(7)
+        for k, country in enumerate(COUNTRIES):
+            source = Source.objects.create(code=country, name=country, url="postgresql+psycopg2://bench@/none")
+            add_students(source, country, students, rng, 1 + k * students, log_changes=False)
+            country_metrics_rebuild(country=country)
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "bench.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+             str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--log-level", "warning"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                           "BENCH_CONSTANT_LARGE_BYTES": str(metrics_body_size(students))})
+        try:
+            metrics_path = f"/api/v1/metrics/?countries={','.join(COUNTRIES)}"
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{metrics_path}") as response:
+                        etag, size = response.headers["ETag"], len(response.read())
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            cases = {"constant": ("/bench/constant/", {}), "constant_large": ("/bench/constant-large/", {}),
+                     "metrics_200": (metrics_path, {}), "metrics_304": (metrics_path, {"If-None-Match": etag})}
+            figures = {name: [] for name in cases}
+            for _ in range(rounds):
+                for name, (path, headers) in cases.items():
+                    figures[name].append(requests_per_second(port, path, headers, seconds))
+        finally:
+            server.terminate()
+            server.wait()
+        best = {name: median([r[0] for r in runs]) for name, runs in figures.items()}
+        p50 = {name: median([r[1] for r in runs]) for name, runs in figures.items()}
+        errors = sum(r[2] for runs in figures.values() for r in runs)
+        report("api", {
+            "what": f"requests/s, {CLIENTS} client processes with keep-alive, gunicorn {WEB_WORKERS}x{WEB_THREADS}, "
+                    f"median of {rounds} rounds of {seconds}s, 20 countries",
+            "metrics_body_bytes": size,
+            "constant_view_rps": round(best["constant"]), "constant_same_size_rps": round(best["constant_large"]),
+            "metrics_200_rps": round(best["metrics_200"]), "metrics_304_rps": round(best["metrics_304"]),
+            "ratio_304_over_constant": round(best["metrics_304"] / best["constant"], 3),
+            "ratio_200_over_constant_same_size": round(best["metrics_200"] / best["constant_large"], 3),
+            "ratio_200_over_constant": round(best["metrics_200"] / best["constant"], 3),
+            "p50_ms": {name: round(value, 2) for name, value in p50.items()},
+            "errors": errors, "target_ratio": ">= 0.8",
+        }, quick=quick)
+
+
+if __name__ == "__main__":
+    main()

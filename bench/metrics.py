@@ -1,0 +1,120 @@
+"""Metrics refresh cost follows the delta, not the warehouse.
+
+    .venv/bin/python -m bench.metrics [--quick]
+
+Two countries in one warehouse, one with 10,000 students and one with 200,000 (--quick: 2,000 and 40,000). Each gets
+the same 100 new students (+1 rows in the change log), then `country_metrics_refresh` runs; repeated, medians kept.
+Reported: both times and their ratio (target < 1.5). Percentiles, which need every student and run on a slower clock,
+are timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+
+from bench.common import bench_environment, median, report
+
+DELTA = 100
+REPEATS = 7
+
+
+def made_up_rows(n: int, rng: np.random.Generator, first_id: int, country: str):
+    from ingestion.layout import ANALYSIS_COLUMNS
+
+    base = rng.uniform(5, 50, n)
+    ability = rng.normal(480, 90, n)
+    columns = {"w_fstuwt": base}
+    for g in range(1, 81):
+        columns[f"w_fsturwt{g}"] = base * rng.choice([0.5, 1.5], n)
+    for domain in ("read", "math", "scie"):
+        for m in range(1, 11):
+            columns[f"pv{m}{domain}"] = ability + rng.normal(0, 30, n)
+    columns["st004d01t"] = rng.choice([1.0, 2.0], n)
+    columns["escs"] = rng.normal(-0.2, 1, n)
+    columns["tmins"] = rng.uniform(1200, 2100, n)
+    columns["durecec"] = rng.integers(0, 9, n).astype(float)
+    columns["belong"] = rng.normal(0, 1, n)
+    analysis = np.column_stack([columns[c] for c in ANALYSIS_COLUMNS])
+    schools = rng.integers(0, 600, n)
+    ids = np.arange(first_id, first_id + n)
+    return ids, schools, analysis
+
+
+def copy_rows(table: str, fields: str, lines: list[str]) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.cursor.copy_expert(f"COPY {table} ({fields}) FROM STDIN", io.StringIO("\n".join(lines) + "\n"))
+
+
+def add_students(source, country: str, n: int, rng, first_id: int, *, log_changes: bool) -> None:
+    from ingestion.layout import ANALYSIS_COLUMNS
+
+    ids, schools, analysis = made_up_rows(n, rng, first_id, country)
+    values = ["\t".join(map(repr, row)) for row in analysis.tolist()]
+    common = [f"{country}\t{school}\t2026-11-25 00:00:{i % 60:02d}+00" for i, school in zip(range(n), schools)]
+    copy_rows("ingestion_student",
+              f"source_id, cntstuid, source_row_id, raw, raw_md5, loaded_at, country, cntschid, source_created_at, "
+              f"{', '.join(ANALYSIS_COLUMNS)}",
+              [f"{source.pk}\t{i}\t{i}\t\tbench\t2026-11-25 00:00:00+00\t{c}\t{v}" for i, c, v in
+               zip(ids, common, values)])
+    if log_changes:
+        copy_rows("ingestion_studentchange",
+                  f"sign, recorded_at, country, cntschid, source_created_at, {', '.join(ANALYSIS_COLUMNS)}",
+                  [f"1\t2026-11-25 00:00:00+00\t{c}\t{v}" for c, v in zip(common, values)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    quick = parser.parse_args().quick
+    small, large = (2_000, 40_000) if quick else (10_000, 200_000)
+    with bench_environment():
+        from django.utils import timezone
+
+        from ingestion.models import Source
+        from metrics.models import CountryMetricsState
+        from metrics.services import country_metrics_rebuild, country_metrics_refresh
+
+        rng = np.random.default_rng(2018)
+        sizes = {"SML": small, "LRG": large}
+        next_id = 1
+        for country, n in sizes.items():
+            source = Source.objects.create(code=country, name=country, url="postgresql+psycopg2://bench@/none")
+            print(f"warehouse: {n:,} students for {country}...", flush=True)
+            add_students(source, country, n, rng, next_id, log_changes=False)
+            next_id += n
+            country_metrics_rebuild(country=country)
+        timings = {country: [] for country in sizes}
+        for _ in range(REPEATS):
+            for country in sizes:
+                source = Source.objects.get(code=country)
+                add_students(source, country, DELTA, rng, next_id, log_changes=True)
+                next_id += DELTA
+                CountryMetricsState.objects.filter(country=country).update(percentiles_at=timezone.now())
+                started = time.perf_counter()
+                result = country_metrics_refresh(country=country)
+                timings[country].append(time.perf_counter() - started)
+                assert result.changes == DELTA and not result.percentiles_recomputed
+        percentiles = {}
+        for country in sizes:
+            started = time.perf_counter()
+            country_metrics_refresh(country=country, force_percentiles=True)
+            percentiles[country] = time.perf_counter() - started
+        small_t, large_t = median(timings["SML"]), median(timings["LRG"])
+        report("metrics", {
+            "what": f"refresh after {DELTA} new rows, median of {REPEATS}",
+            "small_warehouse_students": small, "large_warehouse_students": large,
+            "refresh_seconds_small": round(small_t, 4), "refresh_seconds_large": round(large_t, 4),
+            "ratio_large_over_small": round(large_t / small_t, 3), "target_ratio": "< 1.5",
+            "refresh_with_percentiles_seconds_small": round(percentiles["SML"], 3),
+            "refresh_with_percentiles_seconds_large": round(percentiles["LRG"], 3),
+        }, quick=quick)
+
+
+if __name__ == "__main__":
+    main()

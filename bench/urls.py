@@ -1,0 +1,25 @@
+"""bench/wsgi.py's URLs: the project's, plus two baselines that answer constant bytes with no work at all."""
+
+from django.http import HttpResponse
+from django.urls import include, path
+
+from bench.common import CONSTANT_LARGE_BYTES
+
+CONSTANT = b'{"constant": true}'
+# As large as the 20-country metrics body, so that a 200's cost of moving bytes is compared like for like.
+CONSTANT_LARGE = b'{"padding": "' + b"x" * (CONSTANT_LARGE_BYTES - 15) + b'"}'
+
+
+def constant(request):
+    return HttpResponse(CONSTANT, content_type="application/json")
+
+
+def constant_large(request):
+    return HttpResponse(CONSTANT_LARGE, content_type="application/json")
+
+
+urlpatterns = [
+    path("bench/constant/", constant),
+    path("bench/constant-large/", constant_large),
+    path("", include("pisa_site.urls")),
+]

@@ -1,0 +1,12 @@
+"""The project's WSGI app plus one bench-only URL, /bench/constant/, answering constant bytes: the baseline the API
+is compared with under the very same server, settings and middleware."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pisa_site.settings")
+
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+settings.ROOT_URLCONF = "bench.urls"
+application = get_wsgi_application()

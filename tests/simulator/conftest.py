@@ -1,0 +1,75 @@
+"""Fixtures for the simulator: the codebook, a student factory, and source databases that are dropped afterwards."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.conf import settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+
+from codebook.catalogue import read_codebook_csv
+from simulator.schema import source_database_drop, url_template_on
+from simulator.students import StudentFactory
+from tests.conftest import shared_path
+
+
+@pytest.fixture(scope="session")
+def specs():
+    return read_codebook_csv(shared_path("pisa2018", "codebook.csv"))
+
+
+@pytest.fixture
+def sample_path():
+    return shared_path("pisa2018", "students_sample.csv")
+
+
+@pytest.fixture
+def means_path():
+    return shared_path("pisa2018", "oecd_2018_country_means.csv")
+
+
+@pytest.fixture
+def make_factory(specs, sample_path, means_path):
+    def make(seed: int = 7, **overrides) -> StudentFactory:
+        options = {"sample_path": sample_path, "country_means_path": means_path} | overrides
+        return StudentFactory(seed=seed, specs=specs, **options)
+
+    return make
+
+
+@pytest.fixture
+def shared_settings(settings, specs):
+    """The product's settings pointing at the shared reference data, as `make run` would find it next to the repo."""
+    settings.PISA_CODEBOOK_PATH = shared_path("pisa2018", "codebook.csv")
+    settings.PISA_SHARED_DIR = shared_path("pisa2018").parent
+    return settings
+
+
+def _test_server_url() -> URL:
+    db = settings.DATABASES["default"]
+    return URL.create("postgresql+psycopg2", username=db["USER"], password=db.get("PASSWORD") or None,
+                      host=db["HOST"] or None, port=int(db["PORT"]) if db.get("PORT") else None, database="postgres")
+
+
+@pytest.fixture
+def pg_url_template():
+    """A `{code}` URL template for source databases on the test server, unique to this test, dropped afterwards
+    (the server may be shared with a running stack or another CI run)."""
+    prefix = f"pisa_t{uuid.uuid4().hex[:10]}_"
+    server = _test_server_url()
+    yield url_template_on(server, database=prefix + "{code}")
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        names = connection.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"), {"prefix": prefix + "%"}
+        ).scalars().all()
+    engine.dispose()
+    for name in names:
+        source_database_drop(server_url=server.render_as_string(hide_password=False), database=name)
+
+
+@pytest.fixture
+def sqlite_url_template(tmp_path):
+    return f"sqlite:///{tmp_path}/src_{{code}}.db"
