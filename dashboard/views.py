@@ -10,8 +10,10 @@ from dashboard.selectors import MAP_POINTS, country_map_codes
 POLL_SECONDS = 1
 # No answer from the API for this long: the page says it is unreachable (one missed poll is not an outage).
 UNREACHABLE_AFTER_SECONDS = 3
-# A source whose newest loaded row is this far behind its database, or with no successful sync for this long.
+# A source with no successful sync for this long (they run every second) makes the page say its data may be stale.
 STALE_AFTER_SECONDS = 30
+# Where dashboard.js puts the variable's name in the distribution URL.
+VARIABLE_PLACEHOLDER = "__name__"
 
 
 def dashboard_page(request):
@@ -22,9 +24,9 @@ def dashboard_page(request):
         "urls": {
             "metrics": reverse("metrics"),
             "countries": reverse("country-list"),
-            "sources": "/api/v1/sources/",
+            "sources": reverse("source-status-list"),
             "variables": reverse("codebook-variable-list"),
-            "distribution": "/api/v1/variables/{name}/distribution/",
+            "distribution": reverse("variable-distribution", kwargs={"name": VARIABLE_PLACEHOLDER}),
         },
         "mapCodes": country_map_codes(),
         "mapPoints": MAP_POINTS,

@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 from django.core.management import call_command
 
@@ -65,6 +66,9 @@ class LiveStack:
     log_path: Path
     sources: dict = field(default_factory=dict)
     cnt_variable_id: int = 0
+    # Every process of the stack once it is up: stopping waits for each, orphans included, so none keeps a
+    # connection to the test database when pytest-django drops it.
+    processes: list = field(default_factory=list)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -92,6 +96,10 @@ class LiveStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        _, alive = psutil.wait_procs(self.processes, timeout=20)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +133,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
                       cnt_variable_id=cnt_variable_id)
     try:
         stack.wait_until(lambda: get_json(f"{stack.url}/api/v1/health/") is not None, "the API")
+        stack.processes = psutil.Process(process.pid).children(recursive=True)
         stack.wait_until(
             lambda: all(stack.students_published().get(code) == INITIAL_STUDENTS for code in COUNTRIES),
             f"{INITIAL_STUDENTS} students of each of {COUNTRIES} to be ingested and published")

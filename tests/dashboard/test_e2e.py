@@ -122,6 +122,25 @@ def test_a_label_edited_in_the_admin_shows_on_the_page(page, live_stack):
     expect(page.locator("#chart-learning-hours .ytick text", has_text="Shqipëria")).to_have_count(1)
 
 
+def test_the_variable_explorer_shows_a_decoded_weighted_distribution(page, live_stack):
+    open_dashboard(page, live_stack, "?countries=ALB,ARG")
+    page.fill("#variable-search", "gender")
+    page.locator("#variable-results button[data-variable=ST004D01T]").click()
+    expect(page).to_have_url(re.compile(r"variable=ST004D01T"))
+    expect(page.locator("#variable-title")).to_contain_text("ST004D01T")
+    page.wait_for_function("() => (document.getElementById('chart-variable').data || []).length === 2")
+    categories = page.evaluate("document.getElementById('chart-variable').data.map((t) => t.x)")
+    assert categories == [["Female", "Male"], ["Female", "Male"]]  # codes 1 and 2, decoded by the codebook
+    percents = page.evaluate("document.getElementById('chart-variable').data.map((t) => t.y[0] + t.y[1])")
+    assert percents == [pytest.approx(100), pytest.approx(100)]
+    assert plotted_countries(page, "chart-variable") == ["ALB", "ARG"]
+
+    page.fill("#variable-search", "ESCS")
+    page.locator("#variable-results button[data-variable=ESCS]").click()
+    page.wait_for_function("() => document.getElementById('chart-variable').data[0].type === 'scatter'")
+    assert plotted_countries(page, "chart-variable") == ["ALB", "ARG"]
+
+
 def test_the_page_fits_a_phone_screen(browser, live_stack):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
     phone = context.new_page()

@@ -472,13 +472,13 @@ function renderPipeline() {
     tr.dataset.source = source.code;
     const behind = source.seconds_behind;
     if (!source.enabled) tr.className = "disabled";
-    else if (behind !== null && behind > CONFIG.staleAfterSeconds) tr.className = "behind";
+    else if (staleSources().includes(source)) tr.className = "behind";
     const th = document.createElement("th");
     th.scope = "row";
     th.textContent = `${source.code} ${source.name}${source.enabled ? "" : " (disabled)"}`;
     tr.append(
       th,
-      cell(behind === null || behind === undefined ? "–" : fmt(behind, 1), "behind"),
+      cell(behind === null ? "–" : fmt(behind, 1), "behind"),
       cell(Number(source.rows_loaded || 0).toLocaleString("en")),
       cell(source.rows_per_second === null || source.rows_per_second === undefined ? "–" : fmt(source.rows_per_second, 1)),
       cell(Number(source.quarantined_count || 0).toLocaleString("en")),
@@ -493,10 +493,12 @@ function renderPipeline() {
 
 /* ---------------------------------------------------------------- status and banner */
 
+/* Sources whose ingestion has stalled: no successful sync for a while (they run every second), or failing. An idle
+ * source is not stale: its seconds behind grow only because nobody answers the questionnaire. */
 function staleSources() {
   const limit = CONFIG.staleAfterSeconds;
   return (state.sources || []).filter((s) => s.enabled && (
-    (s.seconds_behind !== null && s.seconds_behind !== undefined && s.seconds_behind > limit)
+    s.consecutive_failures > 0 && (!s.last_success_at || secondsAgo(Date.parse(s.last_success_at)) > limit)
     || (s.last_success_at && secondsAgo(Date.parse(s.last_success_at)) > limit)));
 }
 
@@ -522,7 +524,7 @@ function renderStatus() {
     const stale = staleSources();
     if (stale.length) {
       kind = "stale";
-      message = `Data may be stale: ${stale.map((s) => `${s.code} ${s.last_error ? `failing (${s.last_error.slice(0, 80)})` : `${fmt(s.seconds_behind, 0)} s behind`}`).join("; ")}.`;
+      message = `Data may be stale: ${stale.map((s) => `${s.code} ${s.last_success_at ? `not synced for ${secondsAgo(Date.parse(s.last_success_at))} s` : "never synced"}${s.last_error ? ` (${s.last_error.slice(0, 80)})` : ""}`).join("; ")}.`;
     }
   }
   banner.hidden = message === null;
@@ -710,7 +712,7 @@ let distributionSerial = 0;
 async function loadDistribution(name) {
   const serial = ++distributionSerial;
   const countries = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
-  const answer = await getJson(CONFIG.urls.distribution.replace("{name}", encodeURIComponent(name)) + countries);
+  const answer = await getJson(CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries);
   if (serial !== distributionSerial) return;
   if (answer.status !== 200 || !answer.body) {
     $("variable-title").textContent = `${name}: no distribution available`;
@@ -720,34 +722,40 @@ async function loadDistribution(name) {
   renderDistribution(answer.body);
 }
 
+const MISSING_REASONS = {
+  valid_skip: "valid skip", not_applicable: "not applicable", invalid: "invalid", no_response: "no response",
+  system_missing: "system missing",
+};
+
 function renderDistribution(distribution) {
-  const variable = distribution.variable || { name: state.variable, label: "" };
+  const variable = distribution.variable;
   $("variable-title").textContent = `${variable.name}: ${variable.label}`;
-  const byCountry = distribution.by_country || {};
-  const codes = Object.keys(byCountry).filter((code) => byCountry[code]);
-  if (!codes.length) {
-    $("variable-note").textContent = "";
-    return emptyChart("chart-variable", "No answers yet for these countries");
+  const answered = distribution.countries.filter((c) => c.valid > 0);
+  const missing = distribution.countries.map((c) => (c.missing.length
+    ? `${countryName(c.country)} ${c.missing.map((m) => `${MISSING_REASONS[m.reason] || m.reason} ${fmt(m.weighted_percent_of_all, 1)}%`).join(", ")}`
+    : null)).filter(Boolean);
+  $("variable-note").textContent = `${distribution.note}. ${missing.length ? `Missing (weighted % of all students): ${missing.join("; ")}.` : "No missing answers."}`;
+  if (!answered.length) return emptyChart("chart-variable", "No valid answers yet for these countries");
+  if (answered[0].categories) {
+    const traces = answered.map((c, i) => ({
+      type: "bar", name: countryName(c.country), customdata: c.categories.map(() => c.country),
+      x: c.categories.map((category) => category.label), y: c.categories.map((category) => category.weighted_percent.value),
+      error_y: { type: "data", array: c.categories.map((category) => Z95 * (category.weighted_percent.se || 0)), thickness: 1.2, width: 3 },
+      marker: {
+        color: PALETTE[i % PALETTE.length],
+        pattern: { shape: c.categories.map((category) => (category.weighted_percent.flagged ? "/" : "")), fgcolor: "#ffffff", solidity: 0.3 },
+      },
+      hovertext: c.categories.map((category) => `<b>${countryName(c.country)}</b>, ${category.label}<br>${estimateHover(category.weighted_percent, 1, "%")}`),
+      hoverinfo: "text",
+    }));
+    $("chart-variable").style.height = "";
+    return draw("chart-variable", traces, baseLayout({
+      showlegend: true, barmode: "group", legend: { orientation: "h", y: -0.35 }, margin: { l: 60, r: 20, t: 10, b: 120 },
+      yaxis: { title: { text: "% of valid answers" }, rangemode: "tozero", gridcolor: "#eef0f2" }, xaxis: { automargin: true },
+    }));
   }
-  const missingNote = codes.map((code) => {
-    const missing = byCountry[code].missing || [];
-    return missing.length ? `${countryName(code)}: ${missing.map((m) => `${m.label} ${fmt(m.percent, 1)}%`).join(", ")}` : null;
-  }).filter(Boolean);
-  $("variable-note").textContent = `Weighted percentages of valid answers with 95% CIs. ${missingNote.length ? `Missing (reported apart): ${missingNote.join("; ")}.` : ""}`;
-  if (byCountry[codes[0]].categories) {
-    const traces = codes.map((code, i) => {
-      const categories = byCountry[code].categories;
-      return {
-        type: "bar", name: countryName(code), x: categories.map((c) => c.label), y: categories.map((c) => c.percent),
-        error_y: { type: "data", array: categories.map((c) => Z95 * (c.se || 0)), thickness: 1.2, width: 3 },
-        marker: { color: PALETTE[i % PALETTE.length] },
-        hovertemplate: `<b>${countryName(code)}</b><br>%{x}: %{y:.1f}%<extra></extra>`,
-      };
-    });
-    return draw("chart-variable", traces, baseLayout({ showlegend: true, barmode: "group", legend: { orientation: "h", y: -0.3 }, margin: { l: 60, r: 20, t: 10, b: 110 }, yaxis: { title: { text: "% of students" }, rangemode: "tozero", gridcolor: "#eef0f2" }, xaxis: { automargin: true } }));
-  }
-  const rows = codes.map((code) => ({ code, name: countryName(code), estimate: byCountry[code].mean }));
-  dotPlot("chart-variable", rows, { digits: 2, axisTitle: `mean ${variable.name}` });
+  const rows = answered.map((c) => ({ code: c.country, name: countryName(c.country), estimate: c.continuous.mean }));
+  dotPlot("chart-variable", rows, { digits: 2, axisTitle: `weighted mean of ${variable.name}` });
 }
 
 function setUpExplorer() {
