@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from django.core.management import call_command
+from django.db import connections
 
 from pisa_site.embedded import _free_port
 from tests.conftest import ROOT, shared_path, subprocess_env
@@ -133,10 +134,10 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
                       cnt_variable_id=cnt_variable_id)
     try:
         stack.wait_until(lambda: get_json(f"{stack.url}/api/v1/health/") is not None, "the API")
-        stack.processes = psutil.Process(process.pid).children(recursive=True)
         stack.wait_until(
             lambda: all(stack.students_published().get(code) == INITIAL_STUDENTS for code in COUNTRIES),
             f"{INITIAL_STUDENTS} students of each of {COUNTRIES} to be ingested and published")
+        stack.processes = psutil.Process(process.pid).children(recursive=True)
         yield stack
     finally:
         stack.stop()
@@ -152,8 +153,8 @@ def browser(live_stack):
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API leaves an asyncio loop registered on this thread, which Django's guard against the ORM
-    # in async code mistakes for async code. Nothing runs on that loop while a test touches the database (the
-    # test's transaction and the module's teardown), so the guard is lifted while the browser is up.
+    # in async code mistakes for async code. Nothing runs on that loop while a test touches the database (only the
+    # test's own transaction does), so the guard is lifted while the browser is up.
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
@@ -161,6 +162,9 @@ def browser(live_stack):
             browser = playwright.chromium.launch(executable_path=str(chromium_or_fail()), args=CHROMIUM_ARGS)
             yield browser
             browser.close()
+            # With that loop registered, Django keeps a second connection per context: close it while it is still
+            # reachable, or it would hold the test database open when pytest-django drops it.
+            connections.close_all()
     finally:
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE")
