@@ -9,9 +9,13 @@ const DOMAINS = { READ: "Reading", MATH: "Mathematics", SCIE: "Science" };
 const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000"];
 const PRIMARY = PALETTE[0];
 const FLAGGED = "#8c959f";
+const FLAGGED_MAP_OPACITY = 0.35;  // on the map a flagged estimate keeps its colour, faded
+const MAX_LEGEND_ENTRIES = 8;      // more lines than colours: the tooltip names them instead
 const Z95 = 1.96;
 const MAX_CHIPS = 6;  // beyond this the selector shows "+N", as the course's dashboard does
 const REQUEST_TIMEOUT_MS = 2500;
+// A distribution reads every answer of the countries shown: it may take seconds, and it is asked for on demand only.
+const DISTRIBUTION_TIMEOUT_MS = 30000;
 const COUNTRY_LIST_REFRESH_MS = 10000;
 const SEARCH_DEBOUNCE_MS = 250;
 const ROW_PX = 28;
@@ -65,9 +69,9 @@ function writeUrl() {
 
 /* ---------------------------------------------------------------- fetching */
 
-async function getJson(url, etag) {
+async function getJson(url, etag, timeoutMs = REQUEST_TIMEOUT_MS) {
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
   try {
     const headers = etag ? { "If-None-Match": etag } : {};
     const response = await fetch(url, { headers, signal: controller.signal, cache: "no-cache" });
@@ -342,11 +346,13 @@ function renderEscsMap() {
   if (!state.worldFeatures) return emptyChart("chart-escs-map", "Loading the world map…");
   const rows = estimateRows((s) => s.background.escs_mean).filter((r) => r.estimate && r.estimate.value !== null);
   const onMap = rows.filter((r) => CONFIG.mapCodes[r.code] !== undefined);
+  const reliable = onMap.filter((r) => !r.estimate.flagged);
+  const flagged = onMap.filter((r) => r.estimate.flagged);
   const asPoints = rows.filter((r) => CONFIG.mapPoints[r.code]);
   const elsewhere = rows.filter((r) => CONFIG.mapCodes[r.code] === undefined && !CONFIG.mapPoints[r.code]);
   const values = rows.map((r) => r.estimate.value);
   const coloraxis = {
-    colorscale: "Cividis", cmin: Math.min(...values, -0.5), cmax: Math.max(...values, 0.5),
+    colorscale: "Viridis", cmin: Math.min(...values, -0.5), cmax: Math.max(...values, 0.5),
     colorbar: { title: { text: "ESCS" }, thickness: 12, len: 0.8 },
   };
   const hover = (r) => `<b>${r.name}</b><br>${estimateHover(r.estimate, 2)}`;
@@ -356,15 +362,18 @@ function renderEscsMap() {
       z: state.worldFeatures.features.map(() => 0), colorscale: [[0, "#e6e9ed"], [1, "#e6e9ed"]], showscale: false,
       marker: { line: { color: "#ffffff", width: 0.4 } }, hoverinfo: "skip",
     },
-    {
-      type: "choropleth", geojson: state.worldFeatures, locations: onMap.map((r) => String(CONFIG.mapCodes[r.code])),
-      z: onMap.map((r) => r.estimate.value), coloraxis: "coloraxis", customdata: onMap.map((r) => r.code),
-      marker: { line: { color: "#ffffff", width: 0.6 } }, hovertext: onMap.map(hover), hoverinfo: "text",
-    },
+    ...[[reliable, 1], [flagged, FLAGGED_MAP_OPACITY]].map(([group, opacity]) => ({
+      type: "choropleth", geojson: state.worldFeatures, locations: group.map((r) => String(CONFIG.mapCodes[r.code])),
+      z: group.map((r) => r.estimate.value), coloraxis: "coloraxis", customdata: group.map((r) => r.code),
+      marker: { opacity, line: { color: "#ffffff", width: 0.6 } }, hovertext: group.map(hover), hoverinfo: "text",
+    })),
     {
       type: "scattergeo", lat: asPoints.map((r) => CONFIG.mapPoints[r.code][0]), lon: asPoints.map((r) => CONFIG.mapPoints[r.code][1]),
       customdata: asPoints.map((r) => r.code), mode: "markers",
-      marker: { size: 11, color: asPoints.map((r) => r.estimate.value), coloraxis: "coloraxis", line: { color: "#1b1f24", width: 1 } },
+      marker: {
+        size: 11, color: asPoints.map((r) => r.estimate.value), coloraxis: "coloraxis", line: { color: "#1b1f24", width: 1 },
+        opacity: asPoints.map((r) => (r.estimate.flagged ? FLAGGED_MAP_OPACITY : 1)),
+      },
       hovertext: asPoints.map(hover), hoverinfo: "text",
     },
   ];
@@ -373,7 +382,8 @@ function renderEscsMap() {
     // Only our own GeoJSON is drawn: plotly's base layers (coastlines, land, ...) stay hidden.
     geo: { scope: "world", resolution: 110, visible: false, projection: { type: "natural earth" }, showframe: false, lataxis: { range: [-58, 85] } },
   }));
-  $("map-note").textContent = elsewhere.length ? `Not on the map: ${elsewhere.map((r) => `${r.name} ${fmt(r.estimate.value, 2)}`).join(", ")}.` : "Dots: participants too small for the map's scale, or regions of a country.";
+  const legend = "Dots: participants too small for the map's scale, or regions of a country. Faded: fewer than 30 students or 5 schools.";
+  $("map-note").textContent = elsewhere.length ? `${legend} Not on the map: ${elsewhere.map((r) => `${r.name} ${fmt(r.estimate.value, 2)}`).join(", ")}.` : legend;
 }
 
 function renderEarlyEducationBelonging() {
@@ -436,9 +446,10 @@ function renderEscsGradient() {
       hovertext: [text, text, text], hoverinfo: "text",
     };
   });
+  const legend = traces.length <= MAX_LEGEND_ENTRIES;
   draw("chart-escs-gradient", traces, baseLayout({
-    showlegend: true, legend: { orientation: "h", y: -0.25 },
-    margin: { l: 60, r: 20, t: 10, b: 90 },
+    showlegend: legend, legend: { orientation: "h", y: -0.25 },
+    margin: { l: 60, r: 20, t: 10, b: legend ? 90 : 50 },
     xaxis: { title: { text: "ESCS (index)" }, gridcolor: "#eef0f2", zeroline: false },
     yaxis: { title: { text: `${DOMAINS[domain].toLowerCase()} score` }, gridcolor: "#eef0f2" },
   }));
@@ -677,8 +688,17 @@ let searchSerial = 0;
 
 async function searchVariables(text) {
   const serial = ++searchSerial;
-  const answer = await getJson(`${CONFIG.urls.variables}?search=${encodeURIComponent(text)}`);
-  if (serial !== searchSerial || answer.status !== 200) return;
+  let answer;
+  try {
+    answer = await getJson(`${CONFIG.urls.variables}?search=${encodeURIComponent(text)}`);
+  } catch (error) {
+    answer = { status: 0 };
+  }
+  if (serial !== searchSerial) return;
+  if (answer.status !== 200 || !answer.body) {
+    $("variable-count").textContent = "The codebook could not be searched; try again.";
+    return;
+  }
   const list = $("variable-results");
   const items = answer.body.results.map((variable) => {
     const li = document.createElement("li");
@@ -712,7 +732,13 @@ let distributionSerial = 0;
 async function loadDistribution(name) {
   const serial = ++distributionSerial;
   const countries = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
-  const answer = await getJson(CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries);
+  $("variable-title").textContent = `${name}: computing the weighted distribution…`;
+  let answer;
+  try {
+    answer = await getJson(CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries, null, DISTRIBUTION_TIMEOUT_MS);
+  } catch (error) {
+    answer = { status: 0, body: { error: "the API did not answer in time; pick the variable again to retry" } };
+  }
   if (serial !== distributionSerial) return;
   if (answer.status !== 200 || !answer.body) {
     $("variable-title").textContent = `${name}: no distribution available`;
@@ -775,9 +801,11 @@ function start() {
   setUpSelector();
   setUpExplorer();
   renderSelector();
-  loadWorldMap();
-  refreshCountryList();
-  setInterval(refreshCountryList, COUNTRY_LIST_REFRESH_MS);
+  loadWorldMap().catch(() => emptyChart("chart-escs-map", "The world map could not be loaded"));
+  // A failed refresh is retried by the next one; the banner already tells when the API is down.
+  const refreshCountries = () => refreshCountryList().catch(() => {});
+  refreshCountries();
+  setInterval(refreshCountries, COUNTRY_LIST_REFRESH_MS);
   setInterval(renderStatus, 1000);
   tick();
 }
