@@ -6,16 +6,13 @@ create the test database: the data is written by the module's fixture and by the
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 
 import psutil
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ROOT
 from tests.dashboard.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, ARTIFACTS, COUNTRIES, INITIAL_STUDENTS
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db]
@@ -58,11 +55,6 @@ def test_every_chart_renders_with_data(page, live_stack):
         expect(page.locator(f"#pipeline-table tr[data-source={code}]")).to_contain_text(str(INITIAL_STUDENTS))
     expect(page.locator("#updated-ago")).to_contain_text("Updated")
     expect(page.locator("#banner")).to_be_hidden()
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard-full.png"), full_page=True)
-    if os.environ.get("DASHBOARD_README_SCREENSHOT") == "1":
-        shutil.copy(ARTIFACTS / "dashboard-full.png", ROOT / "docs" / "dashboard.png")
 
 
 def test_inserting_rows_raises_the_counter_within_3_seconds(page, live_stack):

@@ -93,7 +93,7 @@ async function pollMetrics() {
   const etag = url === state.metricsQuery ? state.metricsEtag : null;
   const answer = await getJson(url, etag);
   state.lastContactAt = Date.now();
-  if (answer.status === 304) return;
+  if (answer.status === 304 || url !== metricsUrl()) return;  // unchanged, or an answer for a former selection
   if (answer.status === 400) {
     // A shared link with a code the API does not know: say so, and show every country instead.
     state.apiError = answer.body && answer.body.error ? answer.body.error : "the API refused the country list";
@@ -144,6 +144,11 @@ async function tick() {
 }
 
 /* ---------------------------------------------------------------- helpers */
+
+/* Labels are staff-edited text: plotly reads a little HTML in tooltips and tick labels, so escape it. */
+function escapeHtml(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
 
 function countryName(code) {
   const labels = state.metrics && state.metrics.labels && state.metrics.labels.countries;
@@ -234,7 +239,7 @@ function dotPlot(id, rows, { digits = 1, unit = "", axisTitle, reference = null,
       symbol: usable.map((r) => (r.estimate.flagged ? "circle-open" : "circle")),
       line: { width: 2, color: usable.map((r) => (r.estimate.flagged ? FLAGGED : PRIMARY)) },
     },
-    hovertext: usable.map((r) => `<b>${r.name}</b><br>${estimateHover(r.estimate, digits, unit)}`),
+    hovertext: usable.map((r) => `<b>${escapeHtml(r.name)}</b><br>${estimateHover(r.estimate, digits, unit)}`),
     hoverinfo: "text",
   };
   const shapes = [];
@@ -262,7 +267,7 @@ function barPlot(id, rows, { digits = 1, unit = "", axisTitle, color = PRIMARY }
       color: usable.map((r) => (r.estimate.flagged ? FLAGGED : color)),
       pattern: { shape: usable.map((r) => (r.estimate.flagged ? "/" : "")), fgcolor: "#ffffff", solidity: 0.3 },
     },
-    hovertext: usable.map((r) => `<b>${r.name}</b><br>${estimateHover(r.estimate, digits, unit)}`),
+    hovertext: usable.map((r) => `<b>${escapeHtml(r.name)}</b><br>${estimateHover(r.estimate, digits, unit)}`),
     hoverinfo: "text",
   }], baseLayout({
     margin: { l: 130, r: 20, t: 10, b: 50 },
@@ -355,7 +360,7 @@ function renderEscsMap() {
     colorscale: "Viridis", cmin: Math.min(...values, -0.5), cmax: Math.max(...values, 0.5),
     colorbar: { title: { text: "ESCS" }, thickness: 12, len: 0.8 },
   };
-  const hover = (r) => `<b>${r.name}</b><br>${estimateHover(r.estimate, 2)}`;
+  const hover = (r) => `<b>${escapeHtml(r.name)}</b><br>${estimateHover(r.estimate, 2)}`;
   const traces = [
     { // every country, light grey: the map stays a world map whatever is selected
       type: "choropleth", geojson: state.worldFeatures, locations: state.worldFeatures.features.map((f) => f.id),
@@ -406,7 +411,7 @@ function renderEarlyEducationBelonging() {
         size: [s.n_students], sizemode: "area", sizeref: (2 * largest) / (48 * 48), sizemin: 6,
         color: flagged ? FLAGGED : PALETTE[i % PALETTE.length], opacity: 0.75, line: { color: "#1b1f24", width: 1 },
       },
-      hovertext: [`<b>${countryName(code)}</b>: ${s.n_students} submissions<br>Early education: ${estimateHover(b.durecec_mean, 2, " years")}<br>Belonging: ${estimateHover(b.belong_mean, 3)}`],
+      hovertext: [`<b>${escapeHtml(countryName(code))}</b>: ${s.n_students} submissions<br>Early education: ${estimateHover(b.durecec_mean, 2, " years")}<br>Belonging: ${estimateHover(b.belong_mean, 3)}`],
       hoverinfo: "text",
     };
   });
@@ -438,7 +443,7 @@ function renderEscsGradient() {
     const x0 = s.background.escs_mean.value;
     const y0 = s.scores[domain].mean.value;
     const color = gradient.flagged ? FLAGGED : PALETTE[i % PALETTE.length];
-    const text = `<b>${countryName(code)}</b><br>Gradient: ${estimateHover(gradient, 1, " points per ESCS unit")}<br>Strength: ${fmt(s.scores[domain].escs_strength.value, 1)}% of score variance explained`;
+    const text = `<b>${escapeHtml(countryName(code))}</b><br>Gradient: ${estimateHover(gradient, 1, " points per ESCS unit")}<br>Strength: ${fmt(s.scores[domain].escs_strength.value, 1)}% of score variance explained`;
     return {
       type: "scatter", mode: "lines+markers", name: countryName(code), customdata: [code, code, code],
       x: [x0 - 1, x0, x0 + 1], y: [y0 - gradient.value, y0, y0 + gradient.value],
@@ -771,7 +776,7 @@ function renderDistribution(distribution) {
         color: PALETTE[i % PALETTE.length],
         pattern: { shape: c.categories.map((category) => (category.weighted_percent.flagged ? "/" : "")), fgcolor: "#ffffff", solidity: 0.3 },
       },
-      hovertext: c.categories.map((category) => `<b>${countryName(c.country)}</b>, ${category.label}<br>${estimateHover(category.weighted_percent, 1, "%")}`),
+      hovertext: c.categories.map((category) => `<b>${escapeHtml(countryName(c.country))}</b>, ${escapeHtml(category.label)}<br>${estimateHover(category.weighted_percent, 1, "%")}`),
       hoverinfo: "text",
     }));
     $("chart-variable").style.height = "";
