@@ -10,6 +10,8 @@ PORT ?= 8000
 FLOWER_PORT ?= 5555
 export PORT FLOWER_PORT
 EMBEDDED := $(PY) -m pisa_site.embedded run --
+# The Procfile's commands (gunicorn, celery, honcho) are the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test venv bench clean-data stop-services lint
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ IDS_PER_QUERY = 2000
 
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
+# Reflecting a 1,120-column table costs a few hundred milliseconds: keep it per process, and look again after a while
+# in case the source's schema changed.
+TABLE_REFLECTION_SECONDS = 300
+_tables: dict[tuple[str, str], tuple[float, sa.Table, dict]] = {}
 
 
 class SourceUnavailable(RuntimeError):
@@ -52,6 +57,23 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose(close=False)
         _engines.clear()
+        _tables.clear()
+
+
+def _reflect(engine: sa.Engine, url: str, table_name: str) -> tuple[sa.Table, dict]:
+    """The reflected table and a dict for what is derived from it (compiled SQL), cached together."""
+    key = (url, table_name)
+    cached = _tables.get(key)
+    if cached is not None and time.monotonic() - cached[0] < TABLE_REFLECTION_SECONDS:
+        return cached[1], cached[2]
+    table = sa.Table(table_name, sa.MetaData(), autoload_with=engine)
+    _tables[key] = (time.monotonic(), table, {})
+    return table, _tables[key][2]
+
+
+def forget_table(url: str, table_name: str) -> None:
+    """Reflect again next time (after an error: the table may have been dropped or changed)."""
+    _tables.pop((url, table_name), None)
 
 
 def escape_copy_text(value) -> str:
@@ -86,6 +108,7 @@ class SourceReader:
         cursor = source.cursor_column_list
         self.created_column_name, self.id_column_name = (cursor + ["id"])[:2] if len(cursor) >= 2 else ("created_at", "id")
         self._table: sa.Table | None = None
+        self._derived: dict = {}
         self._columns_by_lower: dict[str, sa.Column] = {}
         self._select_columns: list[sa.ColumnElement] | None = None
         self._copy_select_sql: str | None = None
@@ -96,7 +119,7 @@ class SourceReader:
     def table(self) -> sa.Table:
         if self._table is None:
             try:
-                self._table = sa.Table(self.source.table_name, sa.MetaData(), autoload_with=self.engine)
+                self._table, self._derived = _reflect(self.engine, self.source.url, self.source.table_name)
                 self._columns_by_lower = {column.name.lower(): column for column in self._table.columns}
             except sa.exc.NoSuchTableError as exc:
                 raise SourceUnavailable(f"table {self.source.table_name!r} does not exist") from exc
@@ -199,8 +222,13 @@ class SourceReader:
         """Fast path: the source server renders the lines itself. The 1,120-column SELECT is compiled once per
         reader; only the WHERE clause (integers we format ourselves) changes."""
         if self._copy_select_sql is None:
-            query = sa.select(*self._row_columns())
-            self._copy_select_sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+            self.table  # reflect (or reuse the cached reflection and its compiled SQL)
+            key = ("copy_select", tuple(v.name for v in self.variables))
+            if key not in self._derived:
+                query = sa.select(*self._row_columns())
+                self._derived[key] = (str(query.compile(self.engine, compile_kwargs={"literal_binds": True})),
+                                      list(self.missing_variables))
+            self._copy_select_sql, self.missing_variables = self._derived[key]
         sql = f"{self._copy_select_sql} WHERE {where_sql} ORDER BY {self._id_sql}"
         buffer = io.BytesIO()
         raw = self.engine.raw_connection()

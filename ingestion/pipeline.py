@@ -30,7 +30,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from ingestion.extract import SourceReader, SourceUnavailable
+from ingestion.extract import SourceReader, SourceUnavailable, forget_table
 from ingestion.layout import pisa_variables
 from ingestion.load import LoadResult, batch_load, students_remove
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
@@ -202,6 +202,7 @@ def source_sync(*, source_id: int, full: bool = False, progress: Progress | None
         state.consecutive_failures = 0
         state.retry_at = None
     except SourceUnavailable as exc:
+        forget_table(source.url, source.table_name)
         result.error = str(exc)
         _record_failure(state, result.error)
     finally:

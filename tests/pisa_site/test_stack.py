@@ -62,13 +62,16 @@ def stack(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
     env.update(PISA_HOME=str(home), PORT=str(web_port), FLOWER_PORT=str(flower_port), DEBUG="1",
                DJANGO_SUPERUSER_PASSWORD="stack-test-password", INGEST_CONCURRENCY="1", METRICS_CONCURRENCY="1",
-               WEB_WORKERS="1", PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
+               WEB_WORKERS="1")
+    # As in a new user's shell: the venv is not on PATH; `make run` must find its own programs.
+    venv_bin = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    env.pop("VIRTUAL_ENV", None)
     log_path = tmp_path / "stack.log"
     with open(log_path, "wb") as log:
-        # Exactly the command `make run` runs once the venv exists; its own process group stands in for a terminal.
+        # `make run` itself (the venv exists already); its own process group stands in for a terminal.
         process = subprocess.Popen(
-            [sys.executable, "-m", "pisa_site.embedded", "run", "--", "bash", "-c",
-             f"{sys.executable} manage.py bootstrap && exec honcho start --port {web_port}"],
+            ["make", "--no-print-directory", "run"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
