@@ -129,18 +129,25 @@ async function refreshCountryList() {
   }
 }
 
+let sourcesInFlight = null;
+
+/* One poll a second, counted from the start of the previous one, so a slow answer does not stretch the period. The
+ * sources panel is polled alongside but never delays the metrics; a slow sources answer is not asked for twice. */
 async function tick() {
-  // Reachability is judged by the metrics view alone; the sources panel reports its own failures.
-  const sources = pollSources().then(() => { state.sourcesError = null; }, (error) => { state.sourcesError = String(error.message || error); });
+  const started = Date.now();
+  if (!sourcesInFlight) {
+    sourcesInFlight = pollSources()
+      .then(() => { state.sourcesError = null; }, (error) => { state.sourcesError = String(error.message || error); })
+      .finally(() => { sourcesInFlight = null; });
+  }
   try {
-    await pollMetrics();
+    await pollMetrics();  // reachability is judged by the metrics view alone
     state.failingSince = null;
   } catch (error) {
     state.failingSince = state.failingSince || Date.now();
   }
-  await sources;
   renderStatus();
-  setTimeout(tick, CONFIG.pollSeconds * 1000);
+  setTimeout(tick, Math.max(0, CONFIG.pollSeconds * 1000 - (Date.now() - started)));
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -543,6 +550,8 @@ function renderStatus() {
       message = `Data may be stale: ${stale.map((s) => `${s.code} ${s.last_success_at ? `not synced for ${secondsAgo(Date.parse(s.last_success_at))} s` : "never synced"}${s.last_error ? ` (${s.last_error.slice(0, 80)})` : ""}`).join("; ")}.`;
     }
   }
+  $("pipeline-error").textContent = state.sourcesError && !unreachable
+    ? `The sources' status could not be read (${state.sourcesError}); showing the last one received.` : "";
   banner.hidden = message === null;
   banner.className = `banner ${kind}`;
   banner.dataset.kind = unreachable ? "unreachable" : kind;
