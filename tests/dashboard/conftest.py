@@ -123,8 +123,8 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
 
     port = _free_port()
     bin_dir = os.path.dirname(sys.executable)
-    env = subprocess_env(PORT=str(port), PISA_HOME=str(home), DEBUG="1", WEB_WORKERS="1", INGEST_CONCURRENCY="2",
-                         METRICS_CONCURRENCY="1", LOG_LEVEL="WARNING", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = subprocess_env(PORT=str(port), PISA_HOME=str(home), DEBUG="1", WEB_WORKERS="1", INGEST_CONCURRENCY="3",
+                         METRICS_CONCURRENCY="2", LOG_LEVEL="WARNING", PATH=f"{bin_dir}:{os.environ['PATH']}")
     log_path = home / "stack.log"
     with open(log_path, "wb") as log:
         # The Procfile's processes as `make run` starts them, less Flower, which the page does not use.
