@@ -13,6 +13,7 @@ would need ~9 KB, so the warehouse keeps each student as:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from django.conf import settings
@@ -41,11 +42,10 @@ def _specs_from_file(path: str) -> tuple[VariableSpec, ...]:
     return tuple(read_codebook_csv(path))
 
 
-def pisa_variables() -> tuple[VariableSpec, ...]:
-    """The 1,118 variables in codebook order: the order of the raw line's fields."""
-    try:
-        from codebook.selectors import variable_specs
-    except ImportError:  # the codebook app's database layer is not there yet
-        return _specs_from_file(str(settings.PISA_CODEBOOK_PATH))
-    specs = variable_specs()
-    return tuple(specs) if specs else _specs_from_file(str(settings.PISA_CODEBOOK_PATH))
+def pisa_variables() -> Sequence[VariableSpec]:
+    """The 1,118 variables in codebook order: the order of the raw line's fields. From the codebook in the database
+    (labels as staff edited them), or from the codebook file while the database has none. The same object is returned
+    until the codebook changes: callers may cache what they derive from it by identity."""
+    from codebook.selectors import variable_specs
+
+    return variable_specs() or _specs_from_file(str(settings.PISA_CODEBOOK_PATH))

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # Rows per load transaction: ~4 KB each on the wire, so a batch is a few MB whatever the backlog.
 BATCH_ROWS = 2000
 # How far before the bookmark each run looks for rows committed late by long transactions.
-LOOKBACK = dt.timedelta(seconds=getattr(settings, "INGEST_LOOKBACK_SECONDS", 120))
+LOOKBACK = dt.timedelta(seconds=getattr(settings, "INGEST_LOOKBACK_SECONDS", 30))
 RECONCILE_SECONDS = getattr(settings, "INGEST_RECONCILE_SECONDS", 60)
 # Rows per id range when re-reading a source to find updated rows.
 RECONCILE_RANGE = 5000
@@ -83,6 +83,13 @@ def _accounted_ids(source: Source, *, since: dt.datetime | None = None) -> set[i
     ids.update(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True))
     ids.update(DuplicateStudent.objects.filter(source=source).values_list("superseded_row_id", flat=True))
     return ids
+
+
+def _accounted_count(source: Source, up_to_id: int) -> int:
+    """How many source row ids up to `up_to_id` the warehouse accounts for (counted in SQL, not loaded)."""
+    return (Student.objects.filter(source=source, source_row_id__lte=up_to_id).count()
+            + QuarantinedRow.objects.filter(source=source, source_row_id__lte=up_to_id).count()
+            + DuplicateStudent.objects.filter(source=source, superseded_row_id__lte=up_to_id).count())
 
 
 def _load_lines(source: Source, state: SourceState, lines: list[bytes], result: SyncResult) -> None:
@@ -173,23 +180,27 @@ def source_sync(*, source_id: int, full: bool = False, progress: Progress | None
             state.refresh_from_db()
 
         first_load = state.bookmark_created_at is None
-        window_start = None if first_load else state.bookmark_created_at - LOOKBACK
-        candidates = reader.ids_created_since(window_start, up_to_id=snapshot.max_id)
-        missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
-        if pending:
-            pending(len(missing))
-        _load_ids(reader, source, state, missing, result, progress)
-
-        if snapshot.max_id is not None:
-            accounted = _accounted_ids(source)
-            accounted_up_to_max = sum(1 for i in accounted if i <= snapshot.max_id)
-            if reader.count_up_to(snapshot.max_id) != accounted_up_to_max:
-                _diff_ids(reader, source, state, snapshot.max_id, accounted, result, progress)
+        due = not first_load and (
+            state.last_reconciled_at is None
+            or timezone.now() - state.last_reconciled_at > dt.timedelta(seconds=RECONCILE_SECONDS))
+        unchanged = (not result.reset and not full and not due and not first_load
+                     and (snapshot.row_count, snapshot.max_id) == (state.source_row_count, state.source_max_id))
+        # Fast path: same row count and max id as last time means nothing was added or deleted, so the idle poll
+        # that runs every second for every source costs one cheap query on the source.
+        if not unchanged:
+            window_start = None if first_load else state.bookmark_created_at - LOOKBACK
+            candidates = reader.ids_created_since(window_start, up_to_id=snapshot.max_id)
+            missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
+            if pending:
+                pending(len(missing))
+            _load_ids(reader, source, state, missing, result, progress)
+            # Deleted rows, and rows committed later than the window, show as a different count of ids.
+            if snapshot.max_id is not None and (
+                    due or reader.count_up_to(snapshot.max_id) != _accounted_count(source, snapshot.max_id)):
+                _diff_ids(reader, source, state, snapshot.max_id, _accounted_ids(source), result, progress)
 
         if first_load:
             state.last_reconciled_at = timezone.now()  # everything was just read: nothing to compare yet
-        due = (state.last_reconciled_at is None
-               or timezone.now() - state.last_reconciled_at > dt.timedelta(seconds=RECONCILE_SECONDS))
         if (due or full) and snapshot.max_id is not None:
             _reconcile_content(reader, source, state, snapshot.max_id, result, progress)
             state.last_reconciled_at = timezone.now()
@@ -206,10 +217,12 @@ def source_sync(*, source_id: int, full: bool = False, progress: Progress | None
         result.error = str(exc)
         _record_failure(state, result.error)
     finally:
-        state.rows_loaded = Student.objects.filter(source=source).count()
-        state.quarantined_count = QuarantinedRow.objects.filter(source=source).count()
-        newest = Student.objects.filter(source=source).aggregate(newest=Max("source_created_at"))["newest"]
-        state.newest_created_at = newest
+        if result.loaded or result.removed or result.quarantined or result.reset or full:
+            state.rows_loaded = Student.objects.filter(source=source).count()
+            state.quarantined_count = QuarantinedRow.objects.filter(source=source).count()
+        if result.removed or result.reset:
+            newest = Student.objects.filter(source=source).aggregate(newest=Max("source_created_at"))["newest"]
+            state.newest_created_at = newest
         state.save()
     result.seconds = time.perf_counter() - started
     return result

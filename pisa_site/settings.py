@@ -242,7 +242,7 @@ CELERY_TASK_ROUTES = {
     "metrics.*": {"queue": "metrics"},
 }
 INGEST_FAN_OUT_SECONDS = float(os.environ.get("INGEST_FAN_OUT_SECONDS", "1"))
-INGEST_LOOKBACK_SECONDS = env_int("INGEST_LOOKBACK_SECONDS", 120)
+INGEST_LOOKBACK_SECONDS = env_int("INGEST_LOOKBACK_SECONDS", 30)
 INGEST_RECONCILE_SECONDS = env_int("INGEST_RECONCILE_SECONDS", 60)
 CELERY_BEAT_SCHEDULE = {
     # Every second: one sync task per due source. A late fan-out is worthless, so it expires before the next one.

@@ -1,0 +1,169 @@
+"""Backfill throughput: 100,000 1,120-column rows from 20 sources through the real pipeline (Celery workers), next to a
+plain `COPY (SELECT ...) TO STDOUT | COPY ... FROM STDIN` pipe of the same rows in the same run, and the workers'
+peak memory.
+
+    .venv/bin/python -m bench.ingest [--quick] [--workers 2]
+
+The pipe is the physical ceiling of moving these rows between two databases on this machine: it runs with as many
+parallel streams as the pipeline has worker processes. Targets: the pipeline at least half the pipe's rows/s, each
+worker process under 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from bench.common import ROOT, bench_environment, report
+
+COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
+INSERT_BATCH = 1000
+MEMORY_SAMPLE_SECONDS = 0.2
+
+
+def provision(rows_per_source: int) -> dict:
+    """20 real source databases with `rows_per_source` synthetic students each, registered as sources."""
+    from django.conf import settings
+
+    from simulator.schema import server_url_of, url_template_on
+    from simulator.selectors import codebook_specs
+    from simulator.services import responses_insert, source_provision
+    from simulator.students import StudentFactory
+
+    specs = codebook_specs()
+    shared = settings.PISA_SHARED_DIR / "pisa2018"
+    factory = StudentFactory(seed=2018, specs=specs, sample_path=shared / "students_sample.csv",
+                             country_means_path=shared / "oecd_2018_country_means.csv")
+    template = url_template_on(server_url_of(settings.DATABASE_URL), database="pisa_bench_src_{code}")
+    handles = {}
+    for code in COUNTRIES:
+        handle = source_provision(code=code, name=code, url_template=template, specs=specs, style="typed")
+        with handle.engine.begin() as connection:
+            connection.exec_driver_sql("TRUNCATE responses RESTART IDENTITY")
+        for start in range(0, rows_per_source, INSERT_BATCH):
+            responses_insert(engine=handle.engine, table=handle.table,
+                             rows=factory.students(code, min(INSERT_BATCH, rows_per_source - start)))
+        handles[code] = handle
+        print(f"  source {code}: {rows_per_source:,} rows", flush=True)
+    return handles
+
+
+def copy_pipe(handles: dict, streams: int) -> float:
+    """Seconds to pipe every source's rows into same-shaped tables of the warehouse, `streams` at a time."""
+    from django.db import connection
+
+    warehouse_dsn = connection.get_connection_params()
+    import psycopg2
+
+    with psycopg2.connect(**warehouse_dsn) as conn, conn.cursor() as cursor:
+        for code, handle in handles.items():
+            # Same columns and types, no constraint or index: the cheapest possible target.
+            columns = ", ".join(f'"{column.name}" {column.type.compile(handle.engine.dialect)}'
+                                for column in handle.table.columns)
+            cursor.execute(f"DROP TABLE IF EXISTS pipe_{code.lower()}")
+            cursor.execute(f"CREATE TABLE pipe_{code.lower()} ({columns})")
+    pending = list(handles.items())
+    lock = threading.Lock()
+
+    def stream():
+        target = psycopg2.connect(**warehouse_dsn)
+        while True:
+            with lock:
+                if not pending:
+                    break
+                code, handle = pending.pop()
+            source = handle.engine.raw_connection()
+            buffer = io.BytesIO()
+            with source.cursor() as cursor:
+                cursor.copy_expert("COPY (SELECT * FROM responses) TO STDOUT", buffer)
+            source.close()
+            buffer.seek(0)
+            with target.cursor() as cursor:
+                cursor.copy_expert(f"COPY pipe_{code.lower()} FROM STDIN", buffer)
+            target.commit()
+        target.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=stream) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
+    """Seconds until the warehouse holds every row, with `workers` Celery worker processes; peak RSS per process."""
+    import os
+
+    from ingestion.models import Student
+    from ingestion.tasks import fan_out
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "pisa_site", "worker", "--queues", "ingestion", "--concurrency",
+         str(workers), "--hostname", "bench@%h", "--loglevel", os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"), "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=env)
+    from pisa_site.celery import app
+
+    while not app.control.ping(destination=[f"bench@{os.uname().nodename}"], timeout=0.5):
+        time.sleep(0.2)
+    peaks: dict[int, float] = {}
+    try:
+        started = time.perf_counter()
+        last_fan_out = 0.0
+        while Student.objects.count() < total:
+            now = time.perf_counter()
+            if now - last_fan_out >= 1.0:  # what beat does
+                fan_out()
+                last_fan_out = now
+            for child in psutil.Process(worker.pid).children(recursive=True):
+                try:
+                    peaks[child.pid] = max(peaks.get(child.pid, 0.0), child.memory_info().rss / 2**20)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(MEMORY_SAMPLE_SECONDS)
+            if now - started > 3600:
+                raise TimeoutError("the pipeline did not finish within an hour")
+        return time.perf_counter() - started, peaks
+    finally:
+        worker.terminate()
+        worker.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="500 rows per source instead of 5,000")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (and pipe streams)")
+    args = parser.parse_args()
+    rows_per_source = 500 if args.quick else 5_000
+    total = rows_per_source * len(COUNTRIES)
+    with bench_environment():
+        print(f"provisioning {len(COUNTRIES)} sources...", flush=True)
+        handles = provision(rows_per_source)
+        print("pipe (baseline)...", flush=True)
+        pipe_seconds = copy_pipe(handles, args.workers)
+        print("pipeline...", flush=True)
+        pipeline_seconds, peaks = run_pipeline(total, args.workers)
+        for handle in handles.values():
+            handle.dispose()
+        pipe_rate, pipeline_rate = total / pipe_seconds, total / pipeline_seconds
+        report("ingest", {
+            "what": f"backfill of {total:,} rows (1,120 columns) from {len(COUNTRIES)} sources, "
+                    f"{args.workers} worker processes / pipe streams",
+            "rows": total, "pipe_seconds": round(pipe_seconds, 2), "pipe_rows_per_second": round(pipe_rate),
+            "pipeline_seconds": round(pipeline_seconds, 2), "pipeline_rows_per_second": round(pipeline_rate),
+            "ratio_pipeline_over_pipe": round(pipeline_rate / pipe_rate, 3), "target_ratio": ">= 0.5",
+            "peak_worker_rss_mb": round(max(peaks.values()), 1) if peaks else None,
+            "target_peak_rss_mb": "< 300",
+        }, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
