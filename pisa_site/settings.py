@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "ingestion",
     "metrics",
     "simulator",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +163,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = PISA_HOME / "static"
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # plotly.js and the world map's geometry, straight from their installed PyPI packages (dashboard/finders.py)
+    "dashboard.finders.PackageAssetFinder",
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

@@ -17,4 +17,5 @@ urlpatterns = [
     path("api/v1/", include("codebook.urls")),
     path("api/v1/", include("ingestion.urls")),
     path("api/v1/", include("metrics.urls")),
+    path("", include("dashboard.urls")),
 ]

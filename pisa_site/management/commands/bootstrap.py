@@ -26,6 +26,7 @@ class Command(BaseCommand):
         lines = [
             "",
             "PISA Live is starting:",
+            f"  Dashboard   {base}/",
             f"  Admin       {base}/admin/   user {login.username}  password {password}",
             f"  API docs    {base}/api/docs/",
             f"  Health      {base}/api/v1/health/",

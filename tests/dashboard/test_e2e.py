@@ -1,0 +1,186 @@
+"""The dashboard in a real headless Chromium, against the live stack on real PostgreSQL and Redis.
+
+Tests run in file order and share one stack; the last one stops the API. The django_db mark only makes pytest-django
+create the test database: the data is written by the module's fixture and by the stack's own processes.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import psutil
+import pytest
+from playwright.sync_api import expect
+
+from tests.dashboard.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, ARTIFACTS, COUNTRIES, INITIAL_STUDENTS
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db]
+
+# The issue's promise: a response inserted into a source shows on the page within 3 s.
+LIVE_UPDATE_SECONDS = 3
+LIVE_UPDATE_MS = LIVE_UPDATE_SECONDS * 1000
+UPDATE_GIVE_UP_MS = 15000
+# Time for the first load and the first answers of the API (cold gunicorn, 4.8 MB of plotly.js).
+FIRST_RENDER_MS = 20000
+CHARTS = ("chart-submissions-time", "chart-learning-hours", "chart-escs-map", "chart-early-belonging", "chart-scores",
+          "chart-gender-gap", "chart-below-level2", "chart-escs-gradient")
+COUNTRY_NAMES = {"ALB": "Albania", "ARG": "Argentina", "FRA": "France"}
+
+
+def open_dashboard(page, live_stack, query: str = ""):
+    page.goto(f"{live_stack.url}/{query}")
+    expect(page.locator("#submissions-count")).not_to_have_attribute("data-value", "", timeout=FIRST_RENDER_MS)
+
+
+def plotted_countries(page, chart: str) -> list[str]:
+    """Country codes drawn in a chart (every trace's customdata), from the chart's own plotly data."""
+    return page.evaluate(
+        """(id) => [...new Set((document.getElementById(id).data || [])
+                    .flatMap((trace) => trace.customdata || []))].sort()""", chart)
+
+
+def test_every_chart_renders_with_data(page, live_stack):
+    open_dashboard(page, live_stack)
+    expect(page.locator("#submissions-count")).to_have_attribute("data-value", str(INITIAL_STUDENTS * len(COUNTRIES)))
+    for chart in CHARTS:
+        expect(page.locator(f"#{chart} .main-svg").first).to_be_visible()
+    for chart in CHARTS[1:]:
+        page.wait_for_function("(id) => (document.getElementById(id).data || []).length > 0", arg=chart)
+        assert plotted_countries(page, chart) == sorted(COUNTRIES), chart
+    hourly = page.evaluate("document.getElementById('chart-submissions-time').data[0].y")
+    assert sum(hourly) == INITIAL_STUDENTS * len(COUNTRIES)
+    # The map draws country shapes from the installed package's geometry, not a CDN's.
+    expect(page.locator("#chart-escs-map path.choroplethlocation").first).to_be_attached()
+    expect(page.locator("#pipeline-table tbody tr")).to_have_count(len(COUNTRIES))
+    for code in COUNTRIES:
+        expect(page.locator(f"#pipeline-table tr[data-source={code}]")).to_contain_text(str(INITIAL_STUDENTS))
+    expect(page.locator("#updated-ago")).to_contain_text("Updated")
+    expect(page.locator("#banner")).to_be_hidden()
+
+
+def test_polling_revalidates_with_etags_and_gets_304s(page, live_stack):
+    statuses: list[int] = []
+    page.on("response", lambda response: "/api/v1/metrics/" in response.url and statuses.append(response.status))
+    open_dashboard(page, live_stack)
+    expect(page.locator("#updated-ago")).to_contain_text("Updated")
+    for _ in range(20):  # a few polls of the page (one a second); nothing changes meanwhile
+        if statuses.count(304) >= 3:
+            break
+        page.wait_for_timeout(500)
+    assert statuses[0] == 200 and statuses.count(304) >= 3, statuses
+
+
+def test_inserting_rows_raises_the_counter_within_3_seconds_keeping_zoom_and_charts(page, live_stack):
+    open_dashboard(page, live_stack)
+    page.wait_for_function("() => (document.getElementById('chart-scores').data || []).length > 0")
+    # A user's zoom, and a mark on the chart's SVG that only survives if the chart is updated in place.
+    page.evaluate("""() => {
+        Plotly.relayout('chart-scores', {'xaxis.range': [300, 650]});
+        document.querySelector('#chart-scores .main-svg').dataset.sameNode = 'yes';
+    }""")
+    before = int(page.locator("#submissions-count").get_attribute("data-value"))
+    inserted_at = time.monotonic()
+    live_stack.sources["ALB"].insert_students(5)
+    # Checked on every animation frame, and waited for past the limit so that a failure says how long it took.
+    page.wait_for_function("(n) => document.getElementById('submissions-count').dataset.value === n",
+                           arg=str(before + 5), polling="raf", timeout=UPDATE_GIVE_UP_MS)
+    seconds = time.monotonic() - inserted_at
+    assert seconds <= LIVE_UPDATE_SECONDS, f"the counter showed the new rows after {seconds:.2f} s"
+    assert page.evaluate("document.getElementById('chart-scores').layout.xaxis.range") == [300, 650]
+    assert page.evaluate("document.querySelector('#chart-scores .main-svg').dataset.sameNode") == "yes"
+
+
+def test_the_selector_filters_the_charts_and_the_url_by_keyboard(page, live_stack):
+    open_dashboard(page, live_stack)
+    search = page.locator("#country-search")
+    search.click()
+    search.type("argen")
+    search.press("Enter")
+    expect(page).to_have_url(re.compile(r"\?countries=ARG$"))
+    page.wait_for_function("() => document.getElementById('chart-learning-hours').data[0].customdata.length === 1")
+    assert plotted_countries(page, "chart-learning-hours") == ["ARG"]
+    assert plotted_countries(page, "chart-scores") == ["ARG"]
+
+    search.type("fr")
+    search.press("ArrowDown")
+    search.press("ArrowUp")
+    search.press("Enter")
+    expect(page).to_have_url(re.compile(r"\?countries=ARG,FRA$"))
+    expect(page.locator("#country-chips")).to_contain_text("France")
+    page.wait_for_function("() => document.getElementById('chart-scores').data[0].customdata.length === 2")
+    assert plotted_countries(page, "chart-scores") == ["ARG", "FRA"]
+
+    search.press("Backspace")  # on an empty search: removes the last country chosen
+    expect(page).to_have_url(re.compile(r"\?countries=ARG$"))
+
+
+def test_a_shared_link_opens_with_its_countries(page, live_stack):
+    open_dashboard(page, live_stack, "?countries=ALB,FRA&domain=MATH")
+    expect(page.locator("#country-chips li")).to_have_count(2)
+    expect(page.locator("#country-chips")).to_contain_text("Albania")
+    page.wait_for_function("() => document.getElementById('chart-scores').data[0].customdata.length === 2")
+    assert plotted_countries(page, "chart-early-belonging") == ["ALB", "FRA"]
+    expect(page.locator("#scores-title")).to_contain_text("Mathematics")
+    expect(page.locator("input[name=domain][value=MATH]")).to_be_checked()
+
+
+def test_a_label_edited_in_the_admin_shows_on_the_page(page, live_stack):
+    page.goto(f"{live_stack.url}/admin/login/")
+    page.fill("#id_username", ADMIN_USERNAME)
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.goto(f"{live_stack.url}/admin/codebook/variable/{live_stack.cnt_variable_id}/change/")
+    albania = page.locator("tr", has=page.locator("td.field-value", has_text=re.compile(r"^\s*ALB\s*$")))
+    albania.locator("td.field-label input").fill("Shqipëria")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("changed successfully")
+
+    open_dashboard(page, live_stack)
+    expect(page.locator("#chart-scores .ytick text", has_text="Shqipëria")).to_have_count(1, timeout=LIVE_UPDATE_MS)
+    expect(page.locator("#chart-learning-hours .ytick text", has_text="Shqipëria")).to_have_count(1)
+
+
+def test_the_variable_explorer_shows_a_decoded_weighted_distribution(page, live_stack):
+    open_dashboard(page, live_stack, "?countries=ALB,ARG")
+    page.fill("#variable-search", "gender")
+    page.locator("#variable-results button[data-variable=ST004D01T]").click()
+    expect(page).to_have_url(re.compile(r"variable=ST004D01T"))
+    expect(page.locator("#variable-title")).to_contain_text("ST004D01T")
+    page.wait_for_function("() => (document.getElementById('chart-variable').data || []).length === 2")
+    categories = page.evaluate("document.getElementById('chart-variable').data.map((t) => t.x)")
+    assert categories == [["Female", "Male"], ["Female", "Male"]]  # codes 1 and 2, decoded by the codebook
+    percents = page.evaluate("document.getElementById('chart-variable').data.map((t) => t.y[0] + t.y[1])")
+    assert percents == [pytest.approx(100), pytest.approx(100)]
+    assert plotted_countries(page, "chart-variable") == ["ALB", "ARG"]
+
+    page.fill("#variable-search", "ESCS")
+    page.locator("#variable-results button[data-variable=ESCS]").click()
+    page.wait_for_function("() => document.getElementById('chart-variable').data[0].type === 'scatter'")
+    assert plotted_countries(page, "chart-variable") == ["ALB", "ARG"]
+
+
+def test_the_page_fits_a_phone_screen(browser, live_stack):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    phone = context.new_page()
+    open_dashboard(phone, live_stack)
+    phone.wait_for_function("() => (document.getElementById('chart-scores').data || []).length > 0")
+    assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    context.close()
+
+
+def test_stopping_the_api_shows_the_banner(page, live_stack):
+    open_dashboard(page, live_stack)
+    expect(page.locator("#banner")).to_be_hidden()
+    web = [p for p in psutil.Process(live_stack.process.pid).children(recursive=True)
+           if "gunicorn" in " ".join(p.cmdline())]
+    assert web, "no gunicorn process in the stack"
+    for process in web:
+        process.send_signal(signal.SIGKILL)
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible(timeout=10000)
+    expect(banner).to_contain_text("cannot be reached")
+    expect(page.locator("#submissions-count")).not_to_have_attribute("data-value", "")  # the last figures stay
