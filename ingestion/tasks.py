@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.db.models import F
 from django.utils import timezone
 
 from ingestion import extract
@@ -33,7 +34,11 @@ def fan_out() -> int:
     """Run by beat every second: queue one sync per enabled source that is due, not running and not backing off."""
     now = timezone.now()
     queued = 0
-    for source in Source.objects.filter(enabled=True).select_related("state"):
+    # Least recently synced first: when workers cannot keep up, every source still gets its turn (queued messages
+    # expire, so a fixed order would starve the sources at the end of it).
+    sources = (Source.objects.filter(enabled=True).select_related("state")
+               .order_by(F("state__last_success_at").asc(nulls_first=True), "code"))
+    for source in sources:
         state = getattr(source, "state", None)
         if state is not None and state.retry_at and state.retry_at > now:
             continue

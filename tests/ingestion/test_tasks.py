@@ -102,3 +102,26 @@ def test_refresh_requests_for_a_country_are_coalesced_while_one_is_pending():
     assert [metrics_refresh_request(country="ARG") for _ in range(3)] == [True, False, False]
     assert metrics_refresh_request(country="AUS") is True
     assert broker.llen("metrics") == 2  # one queued message per country, no matter how many loads asked
+
+
+def test_fan_out_queues_the_least_recently_synced_sources_first(source_db):
+    import datetime as dt
+
+    import redis
+    from django.conf import settings
+    from django.utils import timezone
+
+    alb, arg, aus = source_db("ALB"), source_db("ARG"), source_db("AUS")
+    now = timezone.now()
+    for source, age in ((alb, 1), (arg, 60), (aus, None)):
+        SourceState.objects.create(source=source.source,
+                                   last_success_at=None if age is None else now - dt.timedelta(seconds=age))
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("ingestion")
+    assert fan_out() == 3
+    import json
+
+    # Celery's Redis transport pushes with LPUSH and consumes from the right: the first queued is the last element.
+    queued = [json.loads(message)["headers"]["kwargsrepr"] for message in reversed(broker.lrange("ingestion", 0, -1))]
+    assert ["AUS" in q for q in queued] == [True, False, False]
+    assert "ARG" in queued[1] and "ALB" in queued[2]
