@@ -111,6 +111,8 @@ def source_db(transactional_db, tmp_path):
 
     from tests.ingestion.factories import SourceDatabase
 
+    shared_path("pisa2018", "codebook.csv")  # source tables are built from the codebook: skip, saying why, without it
+
     def make(code: str, **kwargs):
         source = SourceDatabase(code, tmp_path=tmp_path, **kwargs)
         created.append(source)
