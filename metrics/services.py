@@ -74,21 +74,29 @@ def _document(country: str, state: CountryState, percentiles: dict | None, versi
     }
 
 
+def _locked_state_with_changes(country: str) -> tuple[CountryMetricsState, CountryState, int, int]:
+    """Inside a transaction: lock the country, and fold its pending changes into its stored state.
+    Returns (row, folded state, number of changes, newest change id); the caller saves."""
+    with connection.cursor() as cursor:
+        country_write_lock(cursor.cursor, country=country)
+    row, _ = CountryMetricsState.objects.select_for_update().get_or_create(
+        country=country, defaults={"state": CountryState.empty().to_bytes()})
+    state = CountryState.from_bytes(bytes(row.state))
+    added, removed, newest_change = changes_after(country, row.last_change_id)
+    changes = len(added) + len(removed)
+    if changes:
+        # Add before subtracting: a row added and then replaced within one delta must be there to be removed.
+        state = state + CountryState.from_batch(added) - CountryState.from_batch(removed)
+    return row, state, changes, newest_change
+
+
 def country_metrics_refresh(*, country: str, force_percentiles: bool = False) -> RefreshResult:
     """Fold the new changes of a country into its state and publish its statistics. Idempotent: changes are read
     by id after the stored bookmark, in the same transaction that saves the new state and bookmark."""
     started = time.perf_counter()
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            country_write_lock(cursor.cursor, country=country)
-        row, _ = CountryMetricsState.objects.select_for_update().get_or_create(
-            country=country, defaults={"state": CountryState.empty().to_bytes()})
-        state = CountryState.from_bytes(bytes(row.state))
-        added, removed, newest_change = changes_after(country, row.last_change_id)
-        changes = len(added) + len(removed)
+        row, state, changes, newest_change = _locked_state_with_changes(country)
         if changes:
-            # Add before subtracting: a row added and then replaced within one delta must be there to be removed.
-            state = state + CountryState.from_batch(added) - CountryState.from_batch(removed)
             row.state = state.to_bytes()
             prune_changes(country, newest_change)
             row.last_change_id = newest_change
@@ -116,15 +124,8 @@ def country_metrics_rebuild(*, country: str, verify: bool = False) -> RebuildRes
     """Recompute a country's state from every student in the warehouse. With verify, report how the incremental
     state differs from it (nothing beyond float rounding is expected) and leave the incremental state in place."""
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            country_write_lock(cursor.cursor, country=country)
-        row, _ = CountryMetricsState.objects.select_for_update().get_or_create(
-            country=country, defaults={"state": CountryState.empty().to_bytes()})
-        # Fold pending changes first, so both sides describe the same warehouse.
-        incremental = CountryState.from_bytes(bytes(row.state))
-        added, removed, newest_change = changes_after(country, row.last_change_id)
-        if len(added) or len(removed):
-            incremental = incremental + CountryState.from_batch(added) - CountryState.from_batch(removed)
+        # Pending changes are folded first, so both sides describe the same warehouse.
+        row, incremental, _, newest_change = _locked_state_with_changes(country)
         students = country_students(country)
         rebuilt = CountryState.from_batch(students)
         differences = incremental.difference(rebuilt) if verify else []
