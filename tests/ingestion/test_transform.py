@@ -24,10 +24,17 @@ def line(variables, row_id: int, overrides: dict) -> bytes:
     return "\t".join(fields).encode()
 
 
-@pytest.fixture(params=["numpy parser (small batches)", "pandas parser (large batches)"])
+PARSERS = ["numpy parser (small batches)", "arrow parser (large batches)", "pandas parser (large, text in numbers)"]
+
+
+def use_parser(monkeypatch, parser: str) -> None:
+    monkeypatch.setattr(transform_module, "PANDAS_PARSER_MIN_ROWS", 10**9 if parser.startswith("numpy") else 0)
+    monkeypatch.setattr(transform_module, "ARROW_PARSER", parser.startswith("arrow"))
+
+
+@pytest.fixture(params=PARSERS)
 def parser(request, monkeypatch):
-    threshold = 10**9 if request.param.startswith("numpy") else 0
-    monkeypatch.setattr(transform_module, "PANDAS_PARSER_MIN_ROWS", threshold)
+    use_parser(monkeypatch, request.param)
     return request.param
 
 
@@ -65,12 +72,39 @@ def test_bad_rows_are_set_aside_with_their_reasons_and_good_rows_decoded(variabl
     assert list(result.cntstuid) == [1001, 1008, 1009]
 
 
-def test_both_parsers_read_the_same_numbers(variables, monkeypatch):
+@pytest.mark.parametrize("parser", PARSERS[1:])
+def test_every_parser_reads_the_same_numbers(variables, monkeypatch, parser):
     lines = [line(variables, i, {}) for i in range(1, 40)]
-    monkeypatch.setattr(transform_module, "PANDAS_PARSER_MIN_ROWS", 10**9)
+    use_parser(monkeypatch, PARSERS[0])
     small = transform(lines, variables, country="ALB")
-    monkeypatch.setattr(transform_module, "PANDAS_PARSER_MIN_ROWS", 0)
+    use_parser(monkeypatch, parser)
     large = transform(lines, variables, country="ALB")
     assert np.array_equal(small.good.numbers, large.good.numbers, equal_nan=True)
     assert np.array_equal(small.analysis, large.analysis, equal_nan=True)
     assert small.good.raw == large.good.raw
+    assert list(small.good.row_ids) == list(large.good.row_ids)
+    assert small.good.created_at.equals(large.good.created_at)
+
+
+def test_a_batch_with_text_in_a_number_falls_back_from_arrow_and_still_quarantines_only_that_row(variables, monkeypatch):
+    use_parser(monkeypatch, PARSERS[1])
+    lines = [line(variables, i, {}) for i in range(1, 20)] + [line(variables, 20, {"ESCS": "abc"})]
+    result = transform(lines, variables, country="ALB")
+    assert [(row_id, reasons) for row_id, _, reasons, _ in result.quarantined] == [(20, ["ESCS: 'abc' is not a number"])]
+    assert len(result.good_index) == 19
+
+
+def test_codes_are_checked_the_same_with_and_without_the_dense_table(variables, monkeypatch):
+    from dataclasses import replace
+
+    lines = [line(variables, i, {"ST004D01T": code}) for i, code in enumerate([1, 2, 3, 7, 9, 1.5, -1], start=1)]
+    plan = transform_module.plan_for(variables)
+    assert plan.allowed_table is not None  # PISA's codes are small integers: the fast path is the one in use
+    dense = transform(lines, variables, country="ALB")
+    monkeypatch.setattr(transform_module, "plan_for", lambda _: replace(plan, allowed_table=None))
+    searched = transform(lines, variables, country="ALB")
+    assert dense.quarantined == searched.quarantined
+    gender = next(spec for spec in variables if spec.name == "ST004D01T")
+    assert {1, 2} <= set(gender.value_labels) and not {3, 1.5, -1} & set(gender.value_labels)
+    assert {row_id for row_id, *_ in dense.quarantined} >= {3, 6, 7}  # 3, 1.5 and -1 are no codes of it
+    assert not {1, 2} & {row_id for row_id, *_ in dense.quarantined}
