@@ -297,15 +297,14 @@ class SourceReader:
         return self.engine.dialect.identifier_preparer.quote(self.id_column.name)
 
     def _copy_lines(self, where_sql: str) -> list[bytes]:
-        """Fast path: the source server renders the lines itself. The 1,120-column SELECT is compiled once per
-        reader; only the WHERE clause (integers we format ourselves) changes."""
+        """Fast path: the source server renders the lines itself. The 1,120-column SELECT is written once per
+        process and source (quoted names joined by hand: SQLAlchemy's compiler took ~120 ms over 1,120 columns, a cost
+        every worker process paid again for every source); only the WHERE clause (integers we format) changes."""
         if self._copy_select_sql is None:
-            self.table  # reflect (or reuse the cached reflection and its compiled SQL)
+            self.table  # reflect (or reuse the cached reflection and the SQL derived from it)
             key = ("copy_select", tuple(v.name for v in self.variables))
             if key not in self._derived:
-                query = sa.select(*self._row_columns())
-                self._derived[key] = (str(query.compile(self.engine, compile_kwargs={"literal_binds": True})),
-                                      list(self.missing_variables))
+                self._derived[key] = self._write_copy_select()
             self._copy_select_sql, self.missing_variables = self._derived[key]
         sql = f"{self._copy_select_sql} WHERE {where_sql} ORDER BY {self._id_sql}"
         buffer = io.BytesIO()
@@ -321,6 +320,19 @@ class SourceReader:
             raw.close()
         data = buffer.getvalue()
         return data.split(b"\n")[:-1] if data else []
+
+    def _write_copy_select(self) -> tuple[str, list[str]]:
+        """`SELECT id, created_at, v1, ..., v1118 FROM table` with NULL for the variables the source lacks."""
+        preparer = self.engine.dialect.identifier_preparer
+        columns, missing = [preparer.quote(self.id_column.name), preparer.quote(self.created_column.name)], []
+        for variable in self.variables:
+            column = self._column(variable.name)
+            if column is None:
+                missing.append(variable.name)
+                columns.append("NULL")
+            else:
+                columns.append(preparer.quote(column.name))
+        return f"SELECT {', '.join(columns)} FROM {preparer.format_table(self.table)}", missing
 
     def _fetch_one(self, query: sa.Select):
         try:
