@@ -69,3 +69,13 @@ def is_locked(name: str) -> bool:
 def claim_interval(name: str, *, seconds: float) -> bool:
     """True at most once per `seconds` for a name: used to run each source at its own poll interval."""
     return bool(_client().set(f"pisa:due:{name}", 1, nx=True, px=max(1, int(seconds * 1000))))
+
+
+def mark_queued(name: str, *, seconds: float) -> bool:
+    """Mark that a message for `name` is waiting in the queue; False when one already is. The mark lives as long as
+    the message may wait (its expiry), and the task clears it when it starts (`clear_queued`)."""
+    return bool(_client().set(f"pisa:queued:{name}", 1, nx=True, px=max(1, int(seconds * 1000))))
+
+
+def clear_queued(name: str) -> None:
+    _client().delete(f"pisa:queued:{name}")

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from ingestion import extract
-from ingestion.locks import claim_interval, is_locked, redis_lock
+from ingestion.locks import claim_interval, clear_queued, is_locked, mark_queued, redis_lock
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
 
@@ -42,12 +42,18 @@ def fan_out() -> int:
         state = getattr(source, "state", None)
         if state is not None and state.retry_at and state.retry_at > now:
             continue
-        if is_locked(f"source:{source.pk}"):
+        name = f"source:{source.pk}"
+        if is_locked(name):
             continue
-        if not claim_interval(f"source:{source.pk}", seconds=source.poll_interval_seconds):
+        if not claim_interval(name, seconds=source.poll_interval_seconds):
             continue
-        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code},
-                                expires=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2))
+        expires = max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)
+        # At most one waiting message per source: when the workers fall behind, the queue stays one round of the
+        # sources long (each sync reads everything new anyway), instead of piling up a message a second per source
+        # and making every row wait for the whole backlog.
+        if not mark_queued(name, seconds=expires):
+            continue
+        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code}, expires=expires)
         queued += 1
     return queued
 
@@ -57,6 +63,7 @@ def fan_out() -> int:
 def sync_source(self, source_id: int, code: str = "") -> dict:
     """Bring one source up to date. `code` is only there so Flower shows which country a task is for."""
     token = self.request.id or "eager"
+    clear_queued(f"source:{source_id}")  # from now on the fan-out may queue the next one (it waits for the lock)
     with redis_lock(f"source:{source_id}", token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
         if not lock.acquired:
             return {"source": code, "skipped": "already running"}

@@ -41,6 +41,18 @@ def test_fan_out_queues_one_sync_per_due_source_and_workers_load_them(source_db,
     assert loaded(aus.source) == 0
 
 
+def test_while_a_sync_waits_in_the_queue_the_fan_out_queues_no_second_one(source_db, celery_worker_process):
+    alb = source_db("ALB")
+    alb.insert_students(3)
+    assert fan_out() == 1
+    time.sleep(1.1)  # ALB is due again by its poll interval...
+    assert fan_out() == 0  # ...but its first message still waits for a worker: no second one behind it
+    celery_worker_process("ingestion")
+    assert wait_until(lambda: loaded(alb.source) == 3)
+    # Once that sync has started and finished, the next poll is queued as usual.
+    assert wait_until(lambda: fan_out() == 1, timeout=10)
+
+
 def test_a_source_that_is_down_backs_off_while_the_others_continue_then_catches_up(source_db):
     alb, arg = source_db("ALB"), source_db("ARG")
     alb.insert_students(4)
