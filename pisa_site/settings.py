@@ -204,6 +204,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The metrics documents are described as JSON schemas (metrics/openapi.py), added as components here.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "pisa_site.openapi.components_append"],
 }
 
 # --- Celery -----------------------------------------------------------------------------------------------------
