@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pisa_site.api import DRF_QUERY_PARAMETERS, ErrorSerializer, query_problem
+from pisa_site.logs import text_passwords_hidden
 
 PROBE_TIMEOUT_SECONDS = 2
 SERVICES = ("database", "redis", "broker")
@@ -32,7 +33,7 @@ def _probe(check) -> dict:
     try:
         check()
     except Exception as exc:  # any failure means "down"; the message tells the operator why
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": text_passwords_hidden(f"{type(exc).__name__}: {exc}")}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
