@@ -124,6 +124,7 @@ class VariableListApi(APIView):
     PARAMETERS = frozenset({"search", "section", "kind", "page", *DRF_QUERY_PARAMETERS})
 
     @extend_schema(
+        operation_id="v1_codebook_variables_list",
         parameters=[FilterSerializer, IF_NONE_MATCH, *ETAG_HEADERS],
         responses={200: VariablePageSerializer, 304: NOT_MODIFIED, 400: BAD_REQUEST,
                    404: OpenApiResponse(ErrorSerializer, description="A page past the last one")},
