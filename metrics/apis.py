@@ -103,7 +103,7 @@ class CountryDetailApi(PublicApi):
             return bad_request(problem)
         document = selectors.country_document(code.upper())
         if document is None:
-            return JsonResponse({"error": f"no data for country {code!r}"}, status=404)
+            return JsonResponse({"error": f"no data for country {code[:60]!r}"}, status=404)
         return JsonResponse(document)
 
 
