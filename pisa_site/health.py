@@ -65,7 +65,7 @@ class HealthView(APIView):
     @extend_schema(
         responses={
             200: OpenApiResponse(HEALTH_SCHEMA, description="Every service answers"),
-            503: OpenApiResponse(HEALTH_SCHEMA, description="At least one service does not answer (its error says why)"),
+            503: OpenApiResponse(HEALTH_SCHEMA, description="A service does not answer (its error says why)"),
             400: OpenApiResponse(ErrorSerializer, description="A query parameter (it takes none)"),
         }
     )

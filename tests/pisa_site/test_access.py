@@ -100,8 +100,8 @@ def test_an_editor_cannot_see_or_add_anything_outside_the_codebook(small_codeboo
 def test_an_editor_cannot_change_a_source(source, editor_client):
     assert editor_client.get(admin_url(Source, "change", source.pk)).status_code == 403
     response = editor_client.post(admin_url(Source, "change", source.pk), {
-        "code": "ALB", "name": "Albania", "url": "postgresql://reader:***@collector.example/x", "table_name": "responses",
-        "cursor_columns": "created_at,id", "enabled": "on", "poll_interval_seconds": "1"})
+        "code": "ALB", "name": "Albania", "url": "postgresql://reader:***@collector.example/x",
+        "table_name": "responses", "cursor_columns": "created_at,id", "enabled": "on", "poll_interval_seconds": "1"})
     assert response.status_code == 403
     assert Source.objects.get().url == SOURCE_URL
 

@@ -16,9 +16,11 @@ PASSWORD = "s3cret-pw-9f2"
 @pytest.mark.parametrize("text, shown", [
     (f"postgresql://reader:{PASSWORD}@db:5432/pisa_alb", "postgresql://reader:***@db:5432/pisa_alb"),
     (f"postgresql+psycopg2://reader:pass@{PASSWORD}@db/x", "postgresql+psycopg2://reader:***@db/x"),  # bare '@'
-    (f"redis://:{PASSWORD}@redis:6379/1 then redis://redis:6379/0", "redis://:***@redis:6379/1 then redis://redis:6379/0"),
-    (f"postgresql://reader@db/x?sslmode=require&password={PASSWORD}", "postgresql://reader@db/x?sslmode=require&password=***"),
-    ("http://127.0.0.1:8000/api/v1/health/ and user@example.org", "http://127.0.0.1:8000/api/v1/health/ and user@example.org"),
+    (f"redis://:{PASSWORD}@redis:6379/1, redis://redis:6379/0", "redis://:***@redis:6379/1, redis://redis:6379/0"),
+    (f"postgresql://reader@db/x?sslmode=require&password={PASSWORD}",
+     "postgresql://reader@db/x?sslmode=require&password=***"),
+    ("http://127.0.0.1:8000/api/v1/health/ by user@example.org",
+     "http://127.0.0.1:8000/api/v1/health/ by user@example.org"),
     ("postgresql+psycopg2://reader:***@db/x", "postgresql+psycopg2://reader:***@db/x"),
 ])
 def test_passwords_in_urls_are_hidden_and_nothing_else_changes(text, shown):
