@@ -29,6 +29,15 @@ run: venv
 test: venv
 	PISA_HOME=$(PISA_HOME)/test DEBUG=$${DEBUG:-1} $(EMBEDDED) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Every benchmark, then bench/RESULTS.md. `make bench BENCH_ARGS=--quick` for a small run of each.
+BENCHES ?= ingest freshness metrics api scale load workers
+BENCH_ARGS ?=
+bench: venv
+	@set -e; for name in $(BENCHES); do \
+	  echo "=== bench/$$name.py $(BENCH_ARGS)"; PISA_HOME=$(PISA_HOME) $(PY) -m bench.$$name $(BENCH_ARGS); \
+	done
+	$(PY) -m bench.report
+
 stop-services: venv
 	PISA_HOME=$(PISA_HOME) $(PY) -m pisa_site.embedded stop
 	PISA_HOME=$(PISA_HOME)/test $(PY) -m pisa_site.embedded stop

@@ -8,6 +8,7 @@ again and the upsert makes that harmless.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from dataclasses import dataclass
@@ -47,6 +48,24 @@ def country_write_lock(cursor, *, country: str) -> None:
     the change log computes -1/+1 from the rows it reads, which must not change under it by an overlapping run, and
     the metrics refresh must never skip a change id committed after a higher one."""
     cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [ADVISORY_LOCK_NAMESPACE, country])
+
+
+@contextlib.contextmanager
+def commits_without_waiting_for_disk():
+    """Within this block the warehouse connection commits without waiting for its WAL to reach the disk
+    (`synchronous_commit = off`): a load's three commits each cost one fsync less (~5-10 ms on this machine).
+
+    Safe here, and only here, because the sources are the system of record and every write in this block is
+    idempotent: a PostgreSQL crash can forget the last fraction of a second of commits, but the bookmark and the
+    metrics' change-log position are forgotten in the same transactions as the rows they cover, so the next run reads
+    those rows again and nothing is lost or counted twice. (Staff edits in the admin keep fully durable commits.)"""
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO OFF")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception), connection.cursor() as cursor:  # a broken connection is closed anyway
+            cursor.execute("RESET synchronous_commit")
 
 
 def _ensure_staging(cursor) -> None:

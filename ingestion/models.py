@@ -72,6 +72,9 @@ class SourceState(models.Model):
     last_batch_size = models.IntegerField(default=0)
     last_batch_seconds = models.FloatField(default=0)
     last_reconciled_at = models.DateTimeField(null=True, blank=True)
+    source_update_count = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="The source table's count of updated rows (PostgreSQL statistics) when last compared in full.")
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.IntegerField(default=0)

@@ -106,7 +106,11 @@ def country_metrics_refresh(*, country: str, force_percentiles: bool = False) ->
         if recompute:
             row.percentiles = _percentiles(country_students(country)) if state.n_students() else None
             row.percentiles_at = timezone.now()
-        row.save()
+        # Only what changed: the ~400 KB state when changes were folded, the percentiles on their own clock.
+        changed_fields = [*(["state", "last_change_id"] if changes else []),
+                          *(["percentiles", "percentiles_at"] if recompute else [])]
+        if changed_fields:
+            row.save(update_fields=[*changed_fields, "updated_at"])
         document = _document(country, state, row.percentiles, row.last_change_id)
     cache.country_document_publish(country=country, document=document, version=row.last_change_id)
     return RefreshResult(country=country, changes=changes, seconds=time.perf_counter() - started,

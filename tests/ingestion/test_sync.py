@@ -1,6 +1,7 @@
 """source_sync keeps the warehouse equal to the sources: new, late, updated, deleted and emptied rows."""
 
 import math
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -75,6 +76,21 @@ def test_updated_rows_are_applied_and_logged_as_a_change(source_db):
     assert Student.objects.get(source=alb.source, source_row_id=ids[0]).escs == 1.5
     changes = list(StudentChange.objects.filter(country="ALB", escs__in=[0.25, 1.5]).values_list("sign", "escs"))
     assert changes.count((1, 0.25)) == 10 and (-1, 0.25) in changes and (1, 1.5) in changes
+
+
+def test_an_update_in_a_postgresql_source_is_found_by_its_update_counter_without_waiting(source_db):
+    alb = source_db("ALB")
+    ids = alb.insert_students(10, ESCS=0.25)
+    source_sync(source_id=alb.source.pk)
+    assert not source_sync(source_id=alb.source.pk).reconciled  # nothing changed in place: no full comparison
+    alb.execute("UPDATE responses SET escs = 1.5 WHERE id = :id", id=ids[0])
+    deadline = time.monotonic() + 30  # the source's statistics count the update within about a second
+    while not (result := source_sync(source_id=alb.source.pk)).reconciled:
+        assert time.monotonic() < deadline, "the update counter never moved"
+        time.sleep(0.2)
+    assert result.loaded == 1
+    assert Student.objects.get(source=alb.source, source_row_id=ids[0]).escs == 1.5
+    assert not source_sync(source_id=alb.source.pk).reconciled  # and once compared, polls are cheap again
 
 
 def test_missing_codes_become_null_in_analysis_columns(source_db):

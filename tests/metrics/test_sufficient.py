@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from metrics.estimators import country_statistics
-from metrics.sufficient import SUM_SHAPES, CountryState, StateMismatchError, StudentBatch
+from metrics.sufficient import POPULATIONS, SUM_SHAPES, CountryState, StateMismatchError, StudentBatch
 from tests.metrics.conftest import COUNTRIES, batch_from_columns, synthetic_batch
 
 REBUILD_RELATIVE = 1e-9
@@ -124,9 +126,24 @@ def test_state_survives_a_round_trip_through_bytes_exactly(sample_batches):
     assert restored.difference(state) == []
 
 
-def test_bytes_that_are_not_a_state_are_refused_with_a_reason():
+def test_a_state_stored_in_the_npz_format_of_version_1_is_still_read(sample_batches):
+    import io
+
+    state = CountryState.from_batch(sample_batches["FRA"])
+    header = {"format_version": 1, "populations": list(POPULATIONS)}
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+             school_ids=state.school_ids, school_counts=state.school_counts, minutes=state.minutes,
+             minute_counts=state.minute_counts, **{f"sum_{name}": array for name, array in state.sums.items()})
+    assert CountryState.from_bytes(buffer.getvalue()).difference(state) == []
+
+
+def test_bytes_that_are_not_a_state_are_refused_with_a_reason(sample_batches):
     with pytest.raises(ValueError, match="not a stored CountryState"):
         CountryState.from_bytes(b"surely not an npz archive")
+    stored = CountryState.from_batch(sample_batches["FRA"]).to_bytes()
+    with pytest.raises(ValueError, match="not a stored CountryState"):
+        CountryState.from_bytes(stored[:-8])  # truncated
 
 
 def test_the_size_of_the_sums_does_not_grow_with_the_students(sample_batches):

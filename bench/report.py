@@ -1,0 +1,89 @@
+"""Write bench/RESULTS.md from bench/results.jsonl: for every benchmark, the figures of its latest run, each next to
+the baseline measured in the same run, the ratio, the target, the machine and the command that reproduces it.
+
+    .venv/bin/python -m bench.report          # `make bench` runs it after the benchmarks
+
+A full run is preferred to a `--quick` one of the same benchmark, whichever is newer; a quick figure says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.jsonl"
+REPORT = ROOT / "bench" / "RESULTS.md"
+ORDER = ("ingest", "freshness", "metrics", "api", "scale", "load", "workers", "estimators", "simulate")
+# Record fields that describe the run rather than being figures of it.
+CONTEXT_FIELDS = {"bench", "at", "quick", "machine", "what", "command"}
+
+
+def latest_runs(lines: list[str]) -> dict[str, dict]:
+    """The latest full run of each benchmark, or its latest quick run when it never ran in full."""
+    runs: dict[str, dict] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        name = record.get("bench")
+        if not name:
+            continue
+        kept = runs.get(name)
+        if kept is None or record.get("quick") is False or kept.get("quick") is not False:
+            runs[name] = record
+    return runs
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return "`" + json.dumps(value, separators=(", ", ": ")) + "`"
+    return str(value)
+
+
+def section(name: str, record: dict) -> str:
+    command = record.get("command") or f".venv/bin/python -m bench.{name}" + (" --quick" if record.get("quick") else "")
+    lines = [
+        f"## {name}" + (" (quick run)" if record.get("quick") else ""),
+        "",
+        record.get("what", ""),
+        "",
+        f"Run {record.get('at', '?')} on {record.get('machine', '?')}, by `{command}`.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key, value in record.items():
+        if key not in CONTEXT_FIELDS:
+            lines.append(f"| {key} | {_value(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(runs: dict[str, dict]) -> str:
+    names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
+    head = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python -m bench.report`) from `bench/results.jsonl`. Every ratio compares two "
+        "figures measured in the same run on the same machine (machines here are shared and noisy: ratios, not "
+        "absolute figures, are what carries from one run to another). Each section names the command that "
+        "reproduces it.",
+        "",
+    ]
+    if not names:
+        head.append("No benchmark has run yet: `make bench` (or `make bench BENCH_ARGS=--quick`).\n")
+    return "\n".join(head) + "\n".join(section(name, runs[name]) for name in names)
+
+
+def main() -> None:
+    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    REPORT.write_text(render(latest_runs(lines)))
+    print(f"wrote {REPORT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
