@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 
-from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -21,6 +21,8 @@ from codebook.catalogue import Kind, Section
 from codebook.decoding import missing_reason_of
 from codebook.models import ValueLabel, Variable
 from codebook.selectors import labels_version, variable_get, variable_list
+from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer,
+                           query_problem)
 
 
 def json_code(value_label: ValueLabel) -> int | float | str:
@@ -50,6 +52,9 @@ class ValueLabelOutputSerializer(serializers.ModelSerializer):
         model = ValueLabel
         fields = ["value", "label", "is_missing", "missing_reason"]
 
+    # Not the `int | float | str` hint: it becomes a oneOf an integer matches twice (integer and number).
+    @extend_schema_field({"anyOf": [{"type": "number"}, {"type": "string"}],
+                          "description": "The code: a number for numeric variables, text for text ones"})
     def get_value(self, value_label: ValueLabel) -> int | float | str:
         return json_code(value_label)
 
@@ -67,10 +72,31 @@ class VariableDetailOutputSerializer(VariableOutputSerializer):
         fields = [*VariableOutputSerializer.Meta.fields, "value_labels"]
 
 
+class VariablePageSerializer(serializers.Serializer):
+    """One page of the list, as DRF's PageNumberPagination sends it."""
+
+    count = serializers.IntegerField(help_text="Variables matching, on every page")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = VariableOutputSerializer(many=True)
+
+
 def labels_etag(request: Request) -> str:
     """Changes with the labels version and with the request (path and query)."""
     digest = hashlib.sha1(request.get_full_path().encode()).hexdigest()[:16]
     return f'"codebook-{labels_version()}-{digest}"'
+
+
+def error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> Response:
+    return Response({"error": message}, status=status_code)
+
+
+def field_errors(errors: dict) -> str:
+    """DRF's per-field errors in one line: `kind: "colour" is not a valid choice.`"""
+    return "; ".join(f"{name}: {' '.join(str(message) for message in messages)}" for name, messages in errors.items())
+
+
+BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
 
 
 def not_modified_or(request: Request, build) -> Response:
@@ -85,36 +111,56 @@ def not_modified_or(request: Request, build) -> Response:
 
 
 class VariableListApi(APIView):
+    authentication_classes: list = []  # read-only and public: no session or CSRF work
     permission_classes = [AllowAny]
 
     class FilterSerializer(serializers.Serializer):
         search = serializers.CharField(required=False, allow_blank=True, max_length=100)
         section = serializers.ChoiceField(choices=Section.CHOICES, required=False, allow_blank=True)
         kind = serializers.ChoiceField(choices=Kind.CHOICES, required=False, allow_blank=True)
+        page = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000,
+                                        help_text="Page of 50 variables, from 1")
+
+    PARAMETERS = frozenset({"search", "section", "kind", "page", *DRF_QUERY_PARAMETERS})
 
     @extend_schema(
-        parameters=[FilterSerializer, OpenApiParameter("page", int)],
-        responses=VariableOutputSerializer(many=True),
+        operation_id="v1_codebook_variables_list",
+        parameters=[FilterSerializer, IF_NONE_MATCH, *ETAG_HEADERS],
+        responses={200: VariablePageSerializer, 304: NOT_MODIFIED, 400: BAD_REQUEST,
+                   404: OpenApiResponse(ErrorSerializer, description="A page past the last one")},
         summary="PISA variables in codebook order; search matches name or label",
     )
     def get(self, request: Request) -> Response:
+        if problem := query_problem(request.query_params, self.PARAMETERS):
+            return error(problem)
         filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
+        if not filters.is_valid():
+            return error(field_errors(filters.errors))
+        criteria = {name: value for name, value in filters.validated_data.items() if name != "page"}
 
         def build() -> Response:
             paginator = PageNumberPagination()
-            page = paginator.paginate_queryset(variable_list(**filters.validated_data), request, view=self)
+            try:
+                page = paginator.paginate_queryset(variable_list(**criteria), request, view=self)
+            except NotFound:
+                return error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
             return paginator.get_paginated_response(VariableOutputSerializer(page, many=True).data)
 
         return not_modified_or(request, build)
 
 
 class VariableDetailApi(APIView):
+    authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=VariableDetailOutputSerializer, summary="One PISA variable with its value labels")
+    @extend_schema(parameters=[IF_NONE_MATCH, *ETAG_HEADERS],
+                   responses={200: VariableDetailOutputSerializer, 304: NOT_MODIFIED, 400: BAD_REQUEST,
+                              404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")},
+                   summary="One PISA variable with its value labels")
     def get(self, request: Request, name: str) -> Response:
+        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
+            return error(problem)
         variable = variable_get(name=name)
         if variable is None:
-            raise Http404(f"No variable {name} in the codebook.")
+            return error(f"no variable {name[:60]!r} in the codebook", status.HTTP_404_NOT_FOUND)
         return not_modified_or(request, lambda: Response(VariableDetailOutputSerializer(variable).data))

@@ -118,7 +118,10 @@ def variable_list(*, search: str = "", section: str = "", kind: str = "") -> Que
 
 
 def variable_get(*, name: str) -> Variable | None:
-    """One variable with its value labels; the name matches whatever its case (warehouse columns are lower case)."""
+    """One variable with its value labels; the name matches whatever its case (warehouse columns are lower case).
+    None for no such variable, including a name no variable can have (PostgreSQL text cannot hold NUL)."""
+    if "\x00" in name:
+        return None
     variables = Variable.objects.prefetch_related(
         Prefetch("value_labels", queryset=ValueLabel.objects.order_by("numeric_value", "value")))
     # The exact spelling first, should a file ever hold two names that differ only in case.

@@ -1,7 +1,9 @@
+from django import forms
 from django.contrib import admin
 from django.utils import timezone
 
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
+from ingestion.source_urls import SourceUrlError, url_with_kept_password
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -27,8 +29,35 @@ class SourceStateInline(admin.StackedInline):
         return False
 
 
+class SourceAdminForm(forms.ModelForm):
+    """The URL field never holds the password: it shows the URL with *** instead, and *** saved back keeps the stored
+    password (for the same user on the same server only)."""
+
+    class Meta:
+        model = Source
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["url"] = self.instance.safe_url
+            self.fields["url"].help_text = (
+                "SQLAlchemy URL of the source database. The password shows as ***: leave it to keep the stored one, "
+                "or type the whole URL with its password.")
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        if not self.instance.pk:
+            return url
+        try:
+            return url_with_kept_password(url, Source.objects.get(pk=self.instance.pk).url)
+        except SourceUrlError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
+    form = SourceAdminForm
     # `safe_url`, never `url`: the list must not show database passwords.
     list_display = ("code", "name", "safe_url", "enabled", "poll_interval_seconds", "rows_loaded", "seconds_behind",
                     "quarantined", "last_error")

@@ -1,12 +1,13 @@
 """GET /api/v1/sources/: each source's ingestion status (no passwords: URLs are shown with the password hidden)."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ingestion.selectors import source_statuses
+from pisa_site.api import DRF_QUERY_PARAMETERS, ErrorSerializer, query_problem
 
 
 class SourceStatusSerializer(serializers.Serializer):
@@ -34,7 +35,10 @@ class SourceStatusListApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: SourceStatusSerializer(many=True)})
+    @extend_schema(responses={200: SourceStatusSerializer(many=True),
+                              400: OpenApiResponse(ErrorSerializer, description="A query parameter (it takes none)")})
     def get(self, request):
+        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
+            return Response({"error": problem}, status=400, headers={"Cache-Control": "no-store"})
         data = SourceStatusSerializer(source_statuses(), many=True).data
         return Response(data, headers={"Cache-Control": "no-store"})

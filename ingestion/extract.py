@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from codebook.catalogue import VariableSpec
 from ingestion.models import Source
+from ingestion.source_urls import SourceUrlError, source_url_parse, text_redacted
 
 # Source connections are few and long-lived per worker process; pre-ping drops those a source restart killed.
 ENGINE_POOL_SIZE = 2
@@ -47,19 +48,28 @@ def _with_installed_driver(url: str) -> str:
 
 
 def source_engine(url: str) -> sa.Engine:
+    """The pooled engine of a source URL; SourceUnavailable (never quoting the password) when it cannot be used."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            driver_url = _with_installed_driver(url)
-            options: dict = {"pool_pre_ping": True}
-            if driver_url.startswith("postgresql"):
-                options.update(pool_size=ENGINE_POOL_SIZE, max_overflow=2,
-                               connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS,
-                                             "application_name": "pisa-live-extract",
-                                             # COPY renders timestamps in UTC and floats at full precision, whatever
-                                             # the source server's settings; set once per connection, not per COPY.
-                                             "options": "-c TimeZone=UTC -c extra_float_digits=1"})
-            engine = _engines[url] = sa.create_engine(driver_url, **options)
+            try:
+                source_url_parse(url)
+                driver_url = _with_installed_driver(url)
+                options: dict = {"pool_pre_ping": True}
+                if driver_url.startswith("postgresql"):
+                    options.update(pool_size=ENGINE_POOL_SIZE, max_overflow=2,
+                                   connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                                                 "application_name": "pisa-live-extract",
+                                                 # COPY renders timestamps in UTC and floats at full precision,
+                                                 # whatever the source server's settings; set once per connection,
+                                                 # not per COPY.
+                                                 "options": "-c TimeZone=UTC -c extra_float_digits=1"})
+                engine = sa.create_engine(driver_url, **options)
+            except SourceUrlError as exc:
+                raise SourceUnavailable(f"bad source URL: {exc}") from None
+            except (sa.exc.ArgumentError, ImportError, ValueError, TypeError) as exc:  # no such dialect or driver
+                raise SourceUnavailable(f"cannot use the source URL: {_describe(exc, url)}") from None
+            _engines[url] = engine
         return engine
 
 
@@ -147,7 +157,7 @@ class SourceReader:
                 self._table, self._derived = _reflect(self.engine, self.source.url, self.source.table_name)
                 self._columns_by_lower = {column.name.lower(): column for column in self._table.columns}
             except sa.exc.SQLAlchemyError as exc:
-                raise SourceUnavailable(_describe(exc)) from exc
+                raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
         return self._table
 
     def _column(self, name: str) -> sa.ColumnElement | None:
@@ -229,7 +239,7 @@ class SourceReader:
                         query = query.where(created_column >= since)
                     return snapshot, list(conn.execute(query).scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc)) from exc
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 
     @property
     def _qualified_name(self) -> str:
@@ -255,7 +265,7 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return list(conn.execute(query).scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc)) from exc
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 
     def lines_for_ids(self, ids: Sequence[int]) -> list[bytes]:
         """The rows with these ids as COPY text lines (id, created_at, then the variables in codebook order)."""
@@ -290,7 +300,7 @@ class SourceReader:
                     for row in conn.execute(query)
                 ]
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc)) from exc
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 
     @property
     def _id_sql(self) -> str:
@@ -308,14 +318,17 @@ class SourceReader:
             self._copy_select_sql, self.missing_variables = self._derived[key]
         sql = f"{self._copy_select_sql} WHERE {where_sql} ORDER BY {self._id_sql}"
         buffer = io.BytesIO()
-        raw = self.engine.raw_connection()
+        try:
+            raw = self.engine.raw_connection()
+        except sa.exc.SQLAlchemyError as exc:  # the source went down since the last query
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None
         try:
             with raw.cursor() as cursor:
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
             raw.commit()
         except Exception as exc:
             raw.invalidate() if hasattr(raw, "invalidate") else None
-            raise SourceUnavailable(_describe(exc)) from exc
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
         finally:
             raw.close()
         data = buffer.getvalue()
@@ -339,10 +352,12 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return conn.execute(query).one()
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc)) from exc
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 
 
-def _describe(exc: Exception) -> str:
-    """An error message fit for the status page: the driver's first line, never the URL's password."""
+def _describe(exc: Exception, url: str) -> str:
+    """An error message fit for the status page and the logs: the driver's first line, with anything of the URL's
+    password it may quote replaced by ***."""
     original = getattr(exc, "orig", None) or exc
-    return f"{type(original).__name__}: {str(original).strip().splitlines()[0] if str(original).strip() else ''}"
+    text = str(original).strip()
+    return text_redacted(f"{type(original).__name__}: {text.splitlines()[0] if text else ''}", url)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+
+from ingestion.source_urls import SourceUrlError, source_url_parse, url_password_hidden
 
 
 def validate_sqlalchemy_url(value: str) -> None:
     from django.core.exceptions import ValidationError
 
     try:
-        make_url(value)
-    except ArgumentError as exc:
-        raise ValidationError(f"not an SQLAlchemy URL: {exc}") from exc
+        source_url_parse(value)
+    except SourceUrlError as exc:
+        raise ValidationError(str(exc)) from None  # never the URL itself: it holds the password
 
 
 class Source(models.Model):
@@ -48,11 +48,8 @@ class Source(models.Model):
 
     @property
     def safe_url(self) -> str:
-        """The URL with its password hidden: what logs, the API and the admin list show."""
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except ArgumentError:
-            return "<invalid URL>"
+        """The URL with its password (and secret query parameters) hidden: what logs, the API and the admin show."""
+        return url_password_hidden(self.url)
 
     @property
     def cursor_column_list(self) -> list[str]:

@@ -7,17 +7,18 @@ each time and mostly gets an empty `304 Not Modified`.
 from __future__ import annotations
 
 from django.http import HttpResponse, HttpResponseNotModified, JsonResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
 from metrics import selectors
+from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
+from pisa_site.api import ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, query_problem
 
-COUNTRIES_PARAMETER = OpenApiParameter(
-    "countries", OpenApiTypes.STR, description="Comma-separated upper-case country codes, e.g. ALB,ARG. "
-    "Default: every country with data.", required=False)
+COUNTRIES_PARAMETER = countries_parameter("Absent or empty: every country with data.")
+COUNTRIES_ONLY = frozenset({"countries"})
 CACHE_CONTROL = "no-cache"
+BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
 
 
 def bad_request(message: str) -> JsonResponse:
@@ -56,6 +57,8 @@ def fast_path(api_class: type[APIView]):
 
 
 def _metrics(request) -> HttpResponse:
+    if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
+        return bad_request(problem)
     try:
         countries, etag = selectors.view_lookup("metrics", request.GET.get("countries"), with_labels=True)
     except selectors.InvalidParameter as exc:
@@ -65,11 +68,10 @@ def _metrics(request) -> HttpResponse:
 
 class MetricsApi(PublicApi):
     @extend_schema(
-        parameters=[COUNTRIES_PARAMETER],
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="Every statistic of the countries shown, "
+        parameters=[COUNTRIES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
+        responses={200: OpenApiResponse(ref("Metrics"), description="Every statistic of the countries shown, "
                                         "their average, labels and freshness (docs/metrics.md)"),
-                   304: OpenApiResponse(description="Not modified since the ETag sent in If-None-Match"),
-                   400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad parameter")},
+                   304: NOT_MODIFIED, 400: BAD_REQUEST},
     )
     def get(self, request):
         return _metrics(request)
@@ -83,23 +85,39 @@ def metrics_fast(request):
 
 
 class CountryListApi(PublicApi):
-    @extend_schema(responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="Countries with data")})
+    @extend_schema(operation_id="v1_countries_list",
+                   responses={200: OpenApiResponse(ref("CountryList"), description="Countries with data"),
+                              400: BAD_REQUEST})
     def get(self, request):
+        if problem := query_problem(request.GET, ()):
+            return bad_request(problem)
         return JsonResponse({"results": selectors.countries_overview()})
 
 
 class CountryDetailApi(PublicApi):
-    @extend_schema(responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="One country's statistics"),
-                              404: OpenApiResponse(OpenApiTypes.OBJECT, description="No data for that country")})
+    @extend_schema(responses={200: OpenApiResponse(ref("CountryDocument"), description="One country's statistics"),
+                              400: BAD_REQUEST,
+                              404: OpenApiResponse(ErrorSerializer, description="No data for that country")})
     def get(self, request, code: str):
+        if problem := query_problem(request.GET, ()):
+            return bad_request(problem)
         document = selectors.country_document(code.upper())
         if document is None:
-            return JsonResponse({"error": f"no data for country {code!r}"}, status=404)
+            return JsonResponse({"error": f"no data for country {code[:60]!r}"}, status=404)
         return JsonResponse(document)
 
 
 def _forage(request, chart: str) -> HttpResponse:
-    raw = None if chart in selectors.FORAGE_ALL_COUNTRIES else request.GET.get("countries")
+    if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
+        return bad_request(problem)
+    raw = request.GET.get("countries")
+    if chart in selectors.FORAGE_ALL_COUNTRIES:
+        if raw:  # checked like everywhere else, but these two charts are always over every country
+            try:
+                selectors.countries_parse(raw)
+            except selectors.InvalidParameter as exc:
+                return bad_request(str(exc))
+        raw = None
     try:
         countries, etag = selectors.view_lookup(f"forage:{chart}", raw, with_labels=False)
     except selectors.InvalidParameter as exc:
@@ -112,15 +130,34 @@ class ForageApi(PublicApi):
 
     chart: str = ""
 
-    @extend_schema(parameters=[COUNTRIES_PARAMETER],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 304: OpenApiResponse(),
-                              400: OpenApiResponse(OpenApiTypes.OBJECT)})
     def get(self, request):
         return _forage(request, self.chart)
 
 
+def _forage_api(chart: str) -> type[ForageApi]:
+    """ForageApi as the schema describes `chart`: its own response shape, and what `countries` means for it."""
+    if chart in selectors.FORAGE_ALL_COUNTRIES:
+        countries = countries_parameter("Accepted for the course dashboard's sake and checked, but this chart is "
+                                        "always over every country with data.")
+    else:
+        countries = COUNTRIES_PARAMETER
+
+    @extend_schema(
+        operation_id=f"forage_{chart.replace('-', '_')}", summary=f"The course dashboard's {chart} chart",
+        parameters=[countries, IF_NONE_MATCH, *ETAG_HEADERS],
+        responses={200: OpenApiResponse(FORAGE_RESPONSES[chart]), 304: NOT_MODIFIED, 400: BAD_REQUEST},
+    )
+    def get(self, request):  # a function of its own: extend_schema annotates the function it decorates
+        return _forage(request, self.chart)
+
+    return type(f"Forage{chart.title().replace('-', '')}Api", (ForageApi,), {"chart": chart, "get": get})
+
+
+FORAGE_APIS = {chart: _forage_api(chart) for chart in selectors.FORAGE_CHARTS}
+
+
 def forage_fast(chart: str):
-    @fast_path(ForageApi)
+    @fast_path(FORAGE_APIS[chart])
     def view(request):
         if request.method != "GET":
             return JsonResponse({"error": "method not allowed"}, status=405)
@@ -131,12 +168,13 @@ def forage_fast(chart: str):
 
 
 class VariableDistributionApi(PublicApi):
-    @extend_schema(parameters=[COUNTRIES_PARAMETER],
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="Weighted distribution by country"),
-                              304: OpenApiResponse(),
-                              400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad country list"),
-                              404: OpenApiResponse(OpenApiTypes.OBJECT, description="Not a codebook variable")})
+    @extend_schema(parameters=[COUNTRIES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
+                   responses={200: OpenApiResponse(ref("Distribution"), description="Weighted distribution by country"),
+                              304: NOT_MODIFIED, 400: BAD_REQUEST,
+                              404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")})
     def get(self, request, name: str):
+        if problem := query_problem(request.GET, COUNTRIES_ONLY):
+            return bad_request(problem)
         try:
             countries = selectors.countries_parse(request.GET.get("countries"))
         except selectors.InvalidParameter as exc:

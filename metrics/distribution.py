@@ -36,7 +36,7 @@ def variable_position(name: str) -> tuple[int, VariableSpec]:
     for position, spec in enumerate(variables):
         if spec.name.lower() == name.lower():
             return position, spec
-    raise UnknownVariable(f"unknown variable {name!r}: not in the codebook")
+    raise UnknownVariable(f"unknown variable {name[:60]!r}: not in the codebook")
 
 
 def _fetch(country: str, position: int) -> tuple[list[str | None], np.ndarray, np.ndarray]:

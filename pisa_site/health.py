@@ -7,13 +7,25 @@ import time
 import redis
 from django.conf import settings
 from django.db import connection
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from pisa_site.api import DRF_QUERY_PARAMETERS, ErrorSerializer, query_problem
+from pisa_site.logs import text_passwords_hidden
+
 PROBE_TIMEOUT_SECONDS = 2
+SERVICES = ("database", "redis", "broker")
+_PROBE = {"type": "object", "required": ["ok"], "properties": {
+    "ok": {"type": "boolean"},
+    "latency_ms": {"type": "number", "description": "when ok"},
+    "error": {"type": "string", "description": "when not ok: the exception, as the client library put it"},
+}}
+HEALTH_SCHEMA = {"type": "object", "required": ["status", "services"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+    "services": {"type": "object", "required": list(SERVICES), "properties": dict.fromkeys(SERVICES, _PROBE)},
+}}
 
 
 def _probe(check) -> dict:
@@ -21,7 +33,7 @@ def _probe(check) -> dict:
     try:
         check()
     except Exception as exc:  # any failure means "down"; the message tells the operator why
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": text_passwords_hidden(f"{type(exc).__name__}: {exc}")}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -52,11 +64,14 @@ class HealthView(APIView):
 
     @extend_schema(
         responses={
-            200: inline_serializer("Health", {"status": serializers.CharField(), "services": serializers.DictField()}),
-            503: inline_serializer("Unhealthy", {"status": serializers.CharField(), "services": serializers.DictField()}),
+            200: OpenApiResponse(HEALTH_SCHEMA, description="Every service answers"),
+            503: OpenApiResponse(HEALTH_SCHEMA, description="A service does not answer (its error says why)"),
+            400: OpenApiResponse(ErrorSerializer, description="A query parameter (it takes none)"),
         }
     )
     def get(self, request):
+        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
+            return Response({"error": problem}, status=400, headers={"Cache-Control": "no-store"})
         services = services_health()
         healthy = all(state["ok"] for state in services.values())
         return Response(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
 
 DEFAULT_ADMIN_USERNAME = "admin"
 
@@ -41,6 +41,8 @@ def admin_user_ensure(*, home: Path | None = None) -> AdminLogin:
     User = get_user_model()
     user = User.objects.filter(username=username).first()
     if user is None:
+        # A password given in the environment must be as strong as one set through the admin (the generated one is).
+        password_validation.validate_password(password, User(username=username))
         User.objects.create_superuser(username=username, email=os.environ.get("DJANGO_SUPERUSER_EMAIL", ""),
                                       password=password)
         return AdminLogin(username=username, password=password, created=True)

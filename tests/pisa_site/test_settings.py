@@ -8,18 +8,21 @@ import pytest
 from tests.conftest import ROOT
 
 
-def load_settings(**env: str) -> subprocess.CompletedProcess:
+SUMMARY = (
+    "import django, json; from django.conf import settings; django.setup(); "
+    "print(json.dumps({'debug': settings.DEBUG, 'broker': settings.CELERY_BROKER_URL, "
+    "'db': settings.DATABASES['default']['NAME'], 'hosts': settings.ALLOWED_HOSTS}))"
+)
+
+
+def load_settings(script: str = SUMMARY, **env: str) -> subprocess.CompletedProcess:
     """Import the settings module in a fresh interpreter with exactly this environment."""
-    script = (
-        "import django, json; from django.conf import settings; django.setup(); "
-        "print(json.dumps({'debug': settings.DEBUG, 'broker': settings.CELERY_BROKER_URL, "
-        "'db': settings.DATABASES['default']['NAME'], 'hosts': settings.ALLOWED_HOSTS}))"
-    )
     base = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "pisa_site.settings", "PISA_HOME": "/nonexistent-pisa"}
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**base, **env}, capture_output=True, text=True)
 
 
 URLS = {"DATABASE_URL": "postgresql://u@db.example:5432/warehouse", "REDIS_URL": "redis://cache.example:6379/0"}
+STRONG_KEY = "k3y-" + "".join(chr(ord("a") + i % 26) for i in range(60))
 
 
 def test_secret_key_is_required_when_debug_is_off():
@@ -28,36 +31,59 @@ def test_secret_key_is_required_when_debug_is_off():
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
 
 
+@pytest.mark.parametrize("key, why", [
+    ("s3cret", "short"),
+    ("x" * 60, "few distinct characters"),
+    ("django-insecure-" + "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ", "Django's placeholder prefix"),
+])
+def test_a_weak_secret_key_is_refused_when_debug_is_off(key, why):
+    result = load_settings(**URLS, SECRET_KEY=key)
+    assert result.returncode != 0, why
+    assert "SECRET_KEY must be at least 50 random characters when DEBUG is off" in result.stderr
+
+
+def test_with_debug_on_a_missing_key_is_replaced_by_a_local_one():
+    assert load_settings(**URLS, DEBUG="1").returncode == 0
+
+
+def test_with_debug_off_the_site_is_https_only_by_default():
+    script = ("import django, json; from django.conf import settings as s; django.setup(); print(json.dumps("
+              "[s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE]))")
+    result = load_settings(script, **URLS, SECRET_KEY=STRONG_KEY)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[true, 31536000, true, true]"
+
+
 def test_debug_is_off_unless_set():
-    result = load_settings(**URLS, SECRET_KEY="s3cret")
+    result = load_settings(**URLS, SECRET_KEY=STRONG_KEY)
     assert result.returncode == 0, result.stderr
     assert '"debug": false' in result.stdout
 
 
 def test_broker_defaults_to_the_cache_redis_one_database_up():
-    result = load_settings(**URLS, SECRET_KEY="s3cret")
+    result = load_settings(**URLS, SECRET_KEY=STRONG_KEY)
     assert '"broker": "redis://cache.example:6379/1"' in result.stdout
 
 
 def test_broker_url_can_be_set_on_its_own():
-    result = load_settings(**URLS, SECRET_KEY="s3cret", CELERY_BROKER_URL="redis://broker.example:6379/5")
+    result = load_settings(**URLS, SECRET_KEY=STRONG_KEY, CELERY_BROKER_URL="redis://broker.example:6379/5")
     assert '"broker": "redis://broker.example:6379/5"' in result.stdout
 
 
 def test_allowed_hosts_come_from_the_environment():
-    result = load_settings(**URLS, SECRET_KEY="s3cret", ALLOWED_HOSTS="pisa.example.org, api.example.org")
+    result = load_settings(**URLS, SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS="pisa.example.org, api.example.org")
     assert '"hosts": ["pisa.example.org", "api.example.org"]' in result.stdout
 
 
 @pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL"])
 def test_missing_service_url_without_embedded_services_is_a_clear_error(missing):
     env = {k: v for k, v in URLS.items() if k != missing}
-    result = load_settings(**env, SECRET_KEY="s3cret")
+    result = load_settings(**env, SECRET_KEY=STRONG_KEY)
     assert result.returncode != 0
     assert f"{missing} is not set and the embedded" in result.stderr
 
 
 def test_the_warehouse_must_be_postgresql():
-    result = load_settings(**{**URLS, "DATABASE_URL": "sqlite:///warehouse.db"}, SECRET_KEY="s3cret")
+    result = load_settings(**{**URLS, "DATABASE_URL": "sqlite:///warehouse.db"}, SECRET_KEY=STRONG_KEY)
     assert result.returncode != 0
     assert "The warehouse must be PostgreSQL" in result.stderr

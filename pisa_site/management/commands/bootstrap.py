@@ -4,7 +4,8 @@ import os
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
 
 from codebook.services import codebook_load_if_empty
 from pisa_site.services import admin_user_ensure
@@ -17,7 +18,10 @@ class Command(BaseCommand):
         self.stdout.write("Migrating the warehouse...")
         call_command("migrate", interactive=False, verbosity=0)
         self._codebook_load()
-        login = admin_user_ensure()
+        try:
+            login = admin_user_ensure()
+        except ValidationError as exc:
+            raise CommandError("DJANGO_SUPERUSER_PASSWORD is too weak: " + " ".join(exc.messages)) from None
         host = "127.0.0.1"
         port = os.environ.get("PORT", "8000")
         flower_port = os.environ.get("FLOWER_PORT", "5555")

@@ -1,0 +1,61 @@
+"""What every API view shares: the check of the query parameters it takes, and the shape of an error.
+
+Every query parameter is validated: a name the URL does not take, or one given twice, is a 400 that says so, rather
+than being ignored (a misspelt `?contries=ALB` would otherwise silently answer for every country).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from django.http import QueryDict
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+MAX_NAMES_SHOWN = 5
+MAX_NAME_LENGTH = 40
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every 400 and 404 the API answers with (OpenAPI component `Error`)."""
+
+    error = serializers.CharField(help_text="What was wrong with the request, in words")
+
+
+# What the views that answer with an ETag declare in the OpenAPI schema.
+IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="The ETag of the answer you hold: 304 Not Modified, with no body, until the data changes")
+ETAG_HEADERS = [
+    OpenApiParameter("ETag", OpenApiTypes.STR, OpenApiParameter.HEADER, response=[200, 304],
+                     description="Send it back in If-None-Match"),
+    OpenApiParameter("Cache-Control", {"type": "string", "enum": ["no-cache"]}, OpenApiParameter.HEADER,
+                     response=[200, 304], description="Keep the answer, but revalidate it every time"),
+]
+NOT_MODIFIED = OpenApiResponse(description="Not modified since the ETag sent in If-None-Match (no body)")
+
+
+def query_problem(query: QueryDict, allowed: Collection[str]) -> str | None:
+    """Why the API refuses these query parameters, or None when it takes them: names it does not know (DRF's own
+    `format` switch aside, see `DRF_QUERY_PARAMETERS`), or a name given more than once."""
+    unknown = []
+    for name, values in query.lists():
+        if name not in allowed:
+            unknown.append(name)
+        elif len(values) > 1:
+            return f"{_shown(name)} is given {len(values)} times: give it once"
+    if not unknown:
+        return None
+    names = ", ".join(_shown(name) for name in unknown[:MAX_NAMES_SHOWN]) + (" ..." if len(unknown) > MAX_NAMES_SHOWN
+                                                                          else "")
+    takes = ", ".join(sorted(set(allowed) - set(DRF_QUERY_PARAMETERS))) or "no query parameters"
+    return f"unknown query parameter(s): {names} (this URL takes {takes})"
+
+
+# DRF reads `?format=json|api` itself (and refuses other values with a 404) on the DRF views.
+DRF_QUERY_PARAMETERS = ("format",)
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= MAX_NAME_LENGTH else name[:MAX_NAME_LENGTH] + "...")
