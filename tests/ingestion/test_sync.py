@@ -130,3 +130,19 @@ def test_a_sqlite_source_loads_like_a_postgresql_one(source_db):
     ids = lite.insert_students(12)
     assert source_sync(source_id=lite.source.pk).loaded == 12
     assert warehouse_ids(lite.source) == set(ids)
+
+
+def test_deleting_the_row_that_superseded_a_duplicate_brings_the_earlier_one_back(source_db):
+    alb = source_db("ALB")
+    [earlier] = alb.insert([alb.student(CNTSTUID=900001)])
+    [later] = alb.insert([alb.student(CNTSTUID=900001)])
+    alb.insert_students(3)  # the deleted row is not the newest: the id diff, not a reset, must handle it
+    source_sync(source_id=alb.source.pk)
+    assert Student.objects.get(country="ALB", cntstuid=900001).source_row_id == later
+
+    alb.execute("DELETE FROM responses WHERE id = :id", id=later)
+    result = source_sync(source_id=alb.source.pk)
+
+    assert not result.reset
+    assert Student.objects.get(country="ALB", cntstuid=900001).source_row_id == earlier
+    assert warehouse_ids(alb.source) == alb.ids()
