@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 SYNC_SOFT_TIME_LIMIT = 60
 SYNC_TIME_LIMIT = 90
 # Renewed after every batch (a batch takes about a second), so a dead worker frees its source within this time.
-SYNC_LOCK_SECONDS = 30
+SYNC_LOCK_SECONDS = getattr(settings, "INGEST_SYNC_LOCK_SECONDS", 30)
 # A fan-out message older than this is dropped rather than run late: the next second sends a fresh one.
 FAN_OUT_EXPIRES_SECONDS = 5
 
