@@ -42,6 +42,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student, StudentChange
+from ingestion.tasks import FAN_OUT_EXPIRES_SECONDS
 from ingestion.verification import Verification, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site import embedded
@@ -352,6 +353,9 @@ class ChaosRun:
         except StepFailed as exc:
             self.step.status = "failed"
             self.say(f"FAILED: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a fault that broke the scenario itself: report it and go on
+            self.step.status = "failed"
+            self.say(f"FAILED: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
         finally:
             self.step.seconds = round(time.monotonic() - began, 1)
             self.step = None
@@ -380,38 +384,51 @@ class ChaosRun:
         def loaded() -> int:
             return Student.objects.filter(source=source, source_row_id__gte=first, source_row_id__lte=last).count()
 
-        victim = None
+        running = None
         began = time.monotonic()
-        while victim is None:
+        while running is None:
             if time.monotonic() - began > self.plan.step_timeout_seconds:
                 raise StepFailed(f"no sync of {source.code} seen running within {self.plan.step_timeout_seconds:g} s")
             done = loaded()
             if done >= len(ids):
                 raise StepFailed(f"the backlog of {len(ids):,} rows loaded before a kill could land mid-run: "
-                                 "use a larger backlog")
-            pid = self._running_sync_pid(source) if done > 0 else None
-            if pid is not None:
-                victim = pid
-            else:
+                                 "use a larger --backlog")
+            # Mid-run: at least one batch committed, the task still running in a pool process of the stack's.
+            running = self._running_sync(source) if done > 0 else None
+            if running is None:
                 time.sleep(POLL_SECONDS / 5)
+        victim, task_id = running
         done = loaded()
         os.kill(victim, signal.SIGKILL)
-        self.say(f"SIGKILL to pool process {victim}, running sync_source({source.code}) with {done:,} of "
-                 f"{len(ids):,} backlog rows committed")
-        seconds = self.wait_for(lambda: loaded() == len(ids), timeout=self.plan.step_timeout_seconds,
-                                what=f"the {len(ids):,} backlog rows of {source.code} in the warehouse after the kill")
-        pool = sorted(self.stack.pool_children())
-        self.say(f"recovered: the message was redelivered and all {len(ids):,} rows are loaded {seconds:.1f} s after "
-                 f"the kill; the pool processes are now {', '.join(map(str, pool)) or 'not found'}")
+        self.say(f"SIGKILL to pool process {victim}, running sync_source({source.code}) (task {task_id}) with "
+                 f"{done:,} of {len(ids):,} backlog rows committed")
+        redelivered = []
 
-    def _running_sync_pid(self, source: Source) -> int | None:
-        """The pid of the stack's pool process running a sync of this source, from the workers' own report."""
+        def recovered() -> bool:
+            if not redelivered and (again := self._running_sync(source)) is not None and again[1] == task_id:
+                redelivered.append(again[0])
+            return loaded() == len(ids)
+
+        seconds = self.wait_for(recovered, timeout=self.plan.step_timeout_seconds,
+                                what=f"the {len(ids):,} backlog rows of {source.code} in the warehouse after the kill")
+        if redelivered:
+            how = f"its message was redelivered (task {task_id} ran again in pool process {redelivered[0]})"
+        elif seconds >= settings.INGEST_SYNC_LOCK_SECONDS:
+            how = (f"task {task_id} was not seen running again: a redelivered fan-out message older than "
+                   f"{FAN_OUT_EXPIRES_SECONDS} s is discarded as expired, so a later sync took over once the source's "
+                   f"lock had expired (INGEST_SYNC_LOCK_SECONDS={settings.INGEST_SYNC_LOCK_SECONDS})")
+        else:
+            how = f"task {task_id} was not seen running again (a redelivery too quick to catch, or a later sync)"
+        self.say(f"recovered: all {len(ids):,} rows loaded {seconds:.1f} s after the kill; {how}")
+
+    def _running_sync(self, source: Source) -> tuple[int, str] | None:
+        """(pid, task id) of the stack's pool process running a sync of this source, from the workers' own report."""
         from pisa_site.celery import app
 
         try:
             active = app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS, limit=len(self.stack.ingest_workers)
                                          ).active() or {}
-        except Exception as exc:  # the broker hiccups: look again
+        except Exception as exc:  # noqa: BLE001 - a broker hiccup: look again
             self.say(f"inspect failed ({type(exc).__name__}); trying again")
             return None
         children = self.stack.pool_children()
@@ -421,7 +438,7 @@ class ChaosRun:
                     continue
                 if (task.get("kwargs") or {}).get("code") == source.code or (task.get("args") or [None])[0] == source.pk:
                     pid = task.get("worker_pid")
-                    return pid if pid in children else None
+                    return (pid, task.get("id")) if pid in children else None
         return None
 
     # --- 2. Redis restart ---

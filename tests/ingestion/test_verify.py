@@ -188,3 +188,20 @@ def test_no_step_holds_more_than_the_batch_size_of_any_side(source_db, monkeypat
     assert (result.extra, result.missing, result.loaded) == (9, 11, 1)
     assert max(lines for lines, _ in steps) <= 4 and max(students for _, students in steps) <= 4
     assert sum(lines for lines, _ in steps) == 12 and sum(students for _, students in steps) == 10
+
+
+def test_the_json_report_carries_the_counts_and_the_examples(source_db, capsys):
+    import json
+
+    alb = source_db("ALB")
+    ids = alb.insert_students(4)
+    source_sync(source_id=alb.source.pk)
+    alb.execute("DELETE FROM responses WHERE id = :id", id=ids[0])
+
+    with pytest.raises(CommandError):
+        call_command("verify", "--json")
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["total"]["extra"] == 1
+    [only] = report["sources"]
+    assert (only["code"], only["loaded"], only["extra"], only["examples"]) == ("ALB", 3, 1, {"extra": [ids[0]]})
