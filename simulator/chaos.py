@@ -405,7 +405,9 @@ class ChaosRun:
         redelivered = []
 
         def recovered() -> bool:
-            if not redelivered and (again := self._running_sync(source)) is not None and again[1] == task_id:
+            # The same task in another process (until the worker notices the death, it still reports the dead one).
+            if not redelivered and (again := self._running_sync(source)) is not None and again[1] == task_id \
+                    and again[0] != victim:
                 redelivered.append(again[0])
             return loaded() == len(ids)
 

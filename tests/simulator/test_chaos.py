@@ -119,8 +119,8 @@ def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_sta
     lines = {step["name"]: "\n".join(step["lines"]) for step in report["steps"]}
 
     # The kill landed in the middle of the backlog's load, on a pool process of the stack's ingest worker...
-    killed = re.search(r"SIGKILL to pool process (\d+), running sync_source\((\w+)\) with ([\d,]+) of ([\d,]+)",
-                       lines["kill-worker"])
+    killed = re.search(r"SIGKILL to pool process (\d+), running sync_source\((\w+)\) \(task [\w-]+\) with ([\d,]+) "
+                       r"of ([\d,]+)", lines["kill-worker"])
     assert killed, lines["kill-worker"]
     pid, committed, backlog = int(killed[1]), int(killed[3].replace(",", "")), int(killed[4].replace(",", ""))
     assert 0 < committed < backlog
