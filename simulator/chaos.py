@@ -61,7 +61,7 @@ CHAOS_SEED = 8118
 # The simulator reads its control row every tick (0.5 s); a batch it began before the pause may commit after it.
 SIMULATOR_PAUSE_MARGIN_SECONDS = 2.0
 INSPECT_TIMEOUT_SECONDS = 1.0
-BAD_ROWS = 8  # two of each problem, so each kind is seen more than once
+BAD_ROWS = 8  # each problem at least twice (the injection cycles through the 3 or 4 the style can hold)
 LATE_ROWS = 5
 UPDATED_ROWS = 5
 DELETED_ROWS = 5
@@ -718,6 +718,7 @@ def _source_style(source: Source) -> str:
 
 def chaos_run(*, plan: ChaosPlan, codes: list[str] | None = None, say: Callable[[str], None]) -> ChaosReport:
     """Run the scenario against the stack the settings point at. ChaosError when there is no stack to run it on."""
+    say("Looking for the stack's processes and the sources (a few seconds)...")
     stack = stack_find()
     sources = Source.objects.filter(enabled=True)
     if codes:
