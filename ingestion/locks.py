@@ -62,6 +62,11 @@ def redis_lock(name: str, *, token: str, ttl_seconds: float):
             client.eval(_RELEASE, 1, key, token)
 
 
+def held_by(name: str, token: str) -> bool:
+    """Whether the lock is held under this token (the task id of a sync whose worker died mid-run)."""
+    return _client().get(lock_key(name)) == token.encode()
+
+
 def is_locked(name: str) -> bool:
     return bool(_client().exists(lock_key(name)))
 

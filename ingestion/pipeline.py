@@ -295,11 +295,16 @@ def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: S
     present = set(reader.ids_created_since(None, up_to_id=max_id))
     vanished = sorted(i for i in accounted if i <= max_id and i not in present)
     if vanished:
+        # A deleted row that had superseded duplicates of its CNTSTUID: they are the student again, so they are no
+        # longer accounted for and load below (the latest of them wins, as on any load).
+        kept_by_vanished = DuplicateStudent.objects.filter(source=source, kept_row_id__in=vanished)
+        accounted = accounted - set(kept_by_vanished.values_list("superseded_row_id", flat=True))
         with transaction.atomic():
             with connection.cursor() as cursor:
                 removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=vanished)
             QuarantinedRow.objects.filter(source=source, source_row_id__in=vanished).delete()
             DuplicateStudent.objects.filter(source=source, superseded_row_id__in=vanished).delete()
+            kept_by_vanished.delete()
             if removed:
                 _refresh_metrics_after_commit(source.code)
         result.removed += removed

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
 from ingestion import extract
-from ingestion.locks import claim_interval, clear_queued, is_locked, mark_queued, redis_lock
+from ingestion.locks import claim_interval, clear_queued, held_by, is_locked, mark_queued, redis_lock
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
 
@@ -19,8 +21,10 @@ logger = logging.getLogger(__name__)
 SYNC_SOFT_TIME_LIMIT = 60
 SYNC_TIME_LIMIT = 90
 # Renewed after every batch (a batch takes about a second), so a dead worker frees its source within this time.
-SYNC_LOCK_SECONDS = 30
-# A fan-out message older than this is dropped rather than run late: the next second sends a fresh one.
+SYNC_LOCK_SECONDS = getattr(settings, "INGEST_SYNC_LOCK_SECONDS", 30)
+# A fan-out message older than this is dropped rather than run late: the next second sends a fresh one. Checked by
+# the task itself rather than by Celery's `expires`, which would also discard the redelivery of a sync whose worker
+# died, leaving its source locked until the lock expired.
 FAN_OUT_EXPIRES_SECONDS = 5
 
 
@@ -47,24 +51,28 @@ def fan_out() -> int:
             continue
         if not claim_interval(name, seconds=source.poll_interval_seconds):
             continue
-        expires = max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)
         # At most one waiting message per source: when the workers fall behind, the queue stays one round of the
         # sources long (each sync reads everything new anyway), instead of piling up a message a second per source
         # and making every row wait for the whole backlog.
-        if not mark_queued(name, seconds=expires):
+        if not mark_queued(name, seconds=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)):
             continue
-        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code}, expires=expires)
+        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code, "queued_at": time.time()})
         queued += 1
     return queued
 
 
 @shared_task(bind=True, name="ingestion.sync_source", ignore_result=True, acks_late=True,
              soft_time_limit=SYNC_SOFT_TIME_LIMIT, time_limit=SYNC_TIME_LIMIT)
-def sync_source(self, source_id: int, code: str = "") -> dict:
-    """Bring one source up to date. `code` is only there so Flower shows which country a task is for."""
+def sync_source(self, source_id: int, code: str = "", queued_at: float | None = None) -> dict:
+    """Bring one source up to date. `code` is only there so Flower shows which country a task is for; `queued_at`
+    (epoch seconds, set by the fan-out) lets a message that waited too long drop itself."""
     token = self.request.id or "eager"
-    clear_queued(f"source:{source_id}")  # from now on the fan-out may queue the next one (it waits for the lock)
-    with redis_lock(f"source:{source_id}", token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
+    name = f"source:{source_id}"
+    clear_queued(name)  # from now on the fan-out may queue the next one (it waits for the lock)
+    # Too old to be worth running, unless it is the redelivery of a sync whose worker died (it holds the lock).
+    if queued_at is not None and time.time() - queued_at > FAN_OUT_EXPIRES_SECONDS and not held_by(name, token):
+        return {"source": code, "skipped": "stale (the fan-out queues a fresh sync every second)"}
+    with redis_lock(name, token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
         if not lock.acquired:
             return {"source": code, "skipped": "already running"}
         result = source_sync(source_id=source_id, heartbeat=lock.extend)

@@ -262,6 +262,8 @@ INGEST_FAN_OUT_SECONDS = float(os.environ.get("INGEST_FAN_OUT_SECONDS", "1"))
 INGEST_LOOKBACK_SECONDS = env_int("INGEST_LOOKBACK_SECONDS", 30)
 INGEST_RECONCILE_SECONDS = env_int("INGEST_RECONCILE_SECONDS", 60)
 INGEST_RECONCILE_MAX_SECONDS = env_int("INGEST_RECONCILE_MAX_SECONDS", 3600)
+# A sync's Redis lock: renewed after every batch, so a source whose worker died (or lost Redis) is free within this.
+INGEST_SYNC_LOCK_SECONDS = env_int("INGEST_SYNC_LOCK_SECONDS", 30)
 METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)
 CELERY_BEAT_SCHEDULE = {
     # Every second: one sync task per due source. A late fan-out is worthless, so it expires before the next one.

@@ -9,7 +9,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import psycopg2
 from django.db import OperationalError, close_old_connections
+from sqlalchemy.exc import SQLAlchemyError
 
 from simulator.selectors import simulator_control_get, source_max_value
 from simulator.services import SourceHandle, responses_count, responses_insert, student_serials_reserve_at_least
@@ -115,16 +117,32 @@ class Simulation:
         self.pace = Pace(seed)
         self.say = say
         self.inserted = 0
+        self.unavailable: set[str] = set()
 
     def feed(self, batch: dict[str, list[dict]]) -> int:
-        """Insert one batch, one transaction per source; how many rows went in."""
+        """Insert one batch, one transaction per source; how many rows went in.
+
+        A source that cannot be written (down, refusing connections, its table renamed) loses this batch's rows, which
+        were never committed, and the others carry on: a real survey's sources fail one at a time, and under honcho
+        an exception here would stop the whole stack."""
         count = 0
         for country, rows in batch.items():
             handle = self.handles.get(country)
             if handle is None:
                 handle = self.handles[country] = self.provision(country)
             styled = [self.text_style.row(row) for row in rows] if handle.style == "text" else rows
-            count += len(responses_insert(engine=handle.engine, table=handle.table, rows=styled))
+            try:
+                written = len(responses_insert(engine=handle.engine, table=handle.table, rows=styled))
+            except (SQLAlchemyError, psycopg2.Error) as exc:
+                if country not in self.unavailable:
+                    self.say(f"{country}: cannot write to the source ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); skipping its rows")
+                self.unavailable.add(country)
+                continue
+            if country in self.unavailable:
+                self.unavailable.discard(country)
+                self.say(f"{country}: the source accepts rows again")
+            count += written
         self.inserted += count
         return count
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -156,6 +156,13 @@ def responses_insert(*, engine: Engine, table: Table, rows: list[dict], created_
         return [row_id for (row_id,) in result]
 
 
+def students_insert(*, handle: SourceHandle, factory: StudentFactory, specs: list[VariableSpec], count: int
+                    ) -> list[int]:
+    """`count` new students of the source's country, written in its style (typed or text), in one transaction."""
+    rows = _styled(factory.students(handle.code, count), handle, TextStyle(specs))
+    return responses_insert(engine=handle.engine, table=handle.table, rows=rows)
+
+
 def responses_count(*, engine: Engine, table: Table) -> int:
     with engine.connect() as connection:
         return connection.execute(select(func.count()).select_from(table)).scalar_one()
@@ -221,6 +228,58 @@ def source_empty(*, handle: SourceHandle) -> Injection:
                                     details={"rows_removed": removed})
 
 
+OFFLINE_TABLE_SUFFIX = "_offline"
+
+
+def _quoted_table(engine: Engine, table_name: str) -> str:
+    return engine.dialect.identifier_preparer.quote(table_name)
+
+
+def source_outage_begin(*, source: Source) -> str:
+    """Make a source unavailable to everyone, the pipeline and the simulator alike: on PostgreSQL its database refuses
+    new connections and its open sessions are ended; elsewhere its table is renamed away. Returns the statement that
+    undoes it by hand, should the caller die before `source_outage_end`."""
+    url = make_url(source.url)
+    if url.drivername.startswith("postgresql"):
+        database = url.database
+        engine = create_engine(server_url_of(source.url), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+                connection.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                    "AND pid <> pg_backend_pid()", (database,))
+        finally:
+            engine.dispose()
+        return f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'
+    engine = create_engine(source.url)
+    offline = source.table_name + OFFLINE_TABLE_SUFFIX
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER TABLE {_quoted_table(engine, source.table_name)} "
+                                       f"RENAME TO {_quoted_table(engine, offline)}")
+    finally:
+        engine.dispose()
+    return f"ALTER TABLE {offline} RENAME TO {source.table_name}"
+
+
+def source_outage_end(*, source: Source) -> None:
+    """Undo `source_outage_begin`."""
+    url = make_url(source.url)
+    if url.drivername.startswith("postgresql"):
+        engine = create_engine(server_url_of(source.url), isolation_level="AUTOCOMMIT")
+        statement = f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS true'
+    else:
+        engine = create_engine(source.url)
+        statement = (f"ALTER TABLE {_quoted_table(engine, source.table_name + OFFLINE_TABLE_SUFFIX)} "
+                     f"RENAME TO {_quoted_table(engine, source.table_name)}")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
 def injection_late(
     *, handle: SourceHandle, factory: StudentFactory, specs: list[VariableSpec], count: int,
     hold_seconds: float = LATE_HOLD_SECONDS, on_held: Callable[[], None] | None = None,
@@ -259,10 +318,12 @@ def injection_late(
     })
 
 
-def _random_rows(handle: SourceHandle, count: int, columns: list[str]) -> list[dict]:
+def _random_rows(handle: SourceHandle, count: int, columns: list[str], exclude: Sequence[int] = ()) -> list[dict]:
     table = handle.table
     with handle.engine.connect() as connection:
         query = select(table.c.id, *(table.c[column] for column in columns)).order_by(func.random()).limit(count)
+        if exclude:
+            query = query.where(table.c.id.not_in(list(exclude)))
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
@@ -302,8 +363,19 @@ def injection_update(*, handle: SourceHandle, count: int) -> Injection:
     })
 
 
-def injection_delete(*, handle: SourceHandle, count: int) -> Injection:
-    picked = _random_rows(handle, count, ["cntstuid"])
+def _rows_with_ids(handle: SourceHandle, ids: Sequence[int], columns: list[str]) -> list[dict]:
+    table = handle.table
+    with handle.engine.connect() as connection:
+        query = select(table.c.id, *(table.c[column] for column in columns)).where(table.c.id.in_(list(ids)))
+        return [dict(row._mapping) for row in connection.execute(query.order_by(table.c.id))]
+
+
+def injection_delete(*, handle: SourceHandle, count: int, ids: Sequence[int] = ()) -> Injection:
+    """Delete `count` random rows, plus the rows with these ids (a chosen victim, such as the row that superseded a
+    duplicate CNTSTUID)."""
+    picked = _random_rows(handle, count, ["cntstuid"], exclude=ids) if count else []
+    if ids:
+        picked += _rows_with_ids(handle, ids, ["cntstuid"])
     ids = [row["id"] for row in picked]
     with handle.engine.begin() as connection:
         connection.execute(handle.table.delete().where(handle.table.c.id.in_(ids)))

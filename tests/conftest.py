@@ -56,15 +56,20 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real `celery worker` process, consuming the given queues, against the test database and Redis."""
+    """A real `celery worker` process, consuming the given queues, against the test database and Redis.
 
-    def __init__(self, queues: str, name: str, concurrency: int = 1, pool: str = "prefork") -> None:
+    `env` overrides the child's environment (e.g. another broker in `CELERY_BROKER_URL`, which the readiness ping then
+    uses too); `log` is a file for its output (default: the test's own)."""
+
+    def __init__(self, queues: str, name: str, concurrency: int = 1, pool: str = "prefork", *,
+                 env: dict[str, str] | None = None, log=None) -> None:
         self.name = f"{name}@pytest"
+        self.env = subprocess_env(**(env or {}))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "pisa_site", "worker", "--queues", queues, "--hostname",
              self.name, "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "WARNING",
              "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=subprocess_env(), start_new_session=True,
+            cwd=ROOT, env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT if log else None,
         )
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -74,9 +79,18 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
+            if self._answers_ping(app):
                 return
         raise TimeoutError(f"worker {self.name} did not answer within {timeout}s")
+
+    def _answers_ping(self, app) -> bool:
+        if self.env.get("CELERY_BROKER_URL", settings.CELERY_BROKER_URL) == settings.CELERY_BROKER_URL:
+            return bool(app.control.ping(destination=[self.name], timeout=0.5))
+        # Another broker: this process's app cannot reach it (Celery prefers CELERY_BROKER_URL from the environment
+        # over any connection it is given), so ask with Celery's own command line, in the worker's environment.
+        ping = subprocess.run([sys.executable, "-m", "celery", "-A", "pisa_site", "inspect", "ping", "--destination",
+                               self.name, "--timeout", "1"], cwd=ROOT, env=self.env, capture_output=True)
+        return ping.returncode == 0
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -146,3 +146,27 @@ def test_a_sqlite_source_loads_like_a_postgresql_one(source_db):
     ids = lite.insert_students(12)
     assert source_sync(source_id=lite.source.pk).loaded == 12
     assert warehouse_ids(lite.source) == set(ids)
+
+
+@pytest.mark.parametrize("loads", ["one load", "one load per row"])
+def test_deleting_the_row_that_superseded_duplicates_brings_the_latest_earlier_one_back(source_db, loads):
+    from ingestion.models import DuplicateStudent
+
+    alb = source_db("ALB")
+    rows = []
+    for _ in range(3):
+        rows += alb.insert([alb.student(CNTSTUID=900001)])
+        if loads == "one load per row":
+            source_sync(source_id=alb.source.pk)
+    first, second, latest = rows
+    alb.insert_students(3)  # the deleted row is not the newest: the id diff, not a reset, must handle it
+    source_sync(source_id=alb.source.pk)
+    assert Student.objects.get(country="ALB", cntstuid=900001).source_row_id == latest
+
+    alb.execute("DELETE FROM responses WHERE id = :id", id=latest)
+    result = source_sync(source_id=alb.source.pk)
+
+    assert not result.reset
+    assert Student.objects.get(country="ALB", cntstuid=900001).source_row_id == second
+    assert set(DuplicateStudent.objects.values_list("kept_row_id", "superseded_row_id")) == {(second, first)}
+    assert warehouse_ids(alb.source) == alb.ids() - {first}

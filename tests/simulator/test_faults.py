@@ -129,3 +129,54 @@ def test_emptying_a_source_removes_every_row_and_logs_how_many(provision, make_f
     assert responses_count(engine=handle.engine, table=handle.table) == 0
     assert injection.kind == Injection.Kind.EMPTY and injection.details == {"rows_removed": 12}
     assert Injection.objects.filter(source_code="ALB").count() == 1
+
+
+def test_deleting_chosen_ids_removes_them_with_the_random_ones(provision, make_factory):
+    handle = provision(factory=make_factory(), rows=10)
+    victim = stored_rows(handle)[3]["id"]
+
+    injection = injection_delete(handle=handle, count=2, ids=[victim])
+
+    remaining = {row["id"] for row in stored_rows(handle)}
+    assert victim in injection.details["ids"] and len(injection.details["ids"]) == 3
+    assert remaining.isdisjoint(injection.details["ids"]) and len(remaining) == 7
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_an_outage_makes_a_source_unreadable_for_everyone_until_it_ends(
+        specs, make_factory, pg_url_template, sqlite_url_template, db, dialect):
+    import sqlalchemy as sa
+
+    from ingestion.models import Source
+    from simulator.runner import Simulation, SyntheticSupply
+    from simulator.services import shares_for, source_outage_begin, source_outage_end, students_insert
+
+    template = pg_url_template if dialect == "postgresql" else sqlite_url_template
+    down = source_provision(code="AUT", name="Austria", url_template=template, specs=specs, style="typed")
+    up = source_provision(code="ALB", name="Albania", url_template=template, specs=specs, style="text")
+    factory = make_factory()
+    students_insert(handle=down, factory=factory, specs=specs, count=3)
+    messages = []
+    simulation = Simulation(handles={"AUT": down, "ALB": up}, provision=None, text_style=TextStyle(specs),
+                            supply=SyntheticSupply(factory=factory, shares=shares_for(["AUT"], seed=1), seed=1),
+                            seed=1, say=messages.append)
+
+    undo = source_outage_begin(source=Source.objects.get(code="AUT"))
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            responses_count(engine=down.engine, table=down.table)
+        # The simulator's loop carries on with the other sources, and says once why it skips this one.
+        batch = {"AUT": factory.students("AUT", 2), "ALB": factory.students("ALB", 4)}
+        assert simulation.feed(batch) == 4
+        assert simulation.feed({"AUT": factory.students("AUT", 2)}) == 0
+        assert len([m for m in messages if m.startswith("AUT: cannot write")]) == 1
+    finally:
+        source_outage_end(source=Source.objects.get(code="AUT"))
+    assert "ALLOW_CONNECTIONS true" in undo if dialect == "postgresql" else "RENAME TO responses" in undo
+
+    assert simulation.feed({"AUT": factory.students("AUT", 2)}) == 2
+    assert messages[-1] == "AUT: the source accepts rows again"
+    assert responses_count(engine=down.engine, table=down.table) == 5
+    assert responses_count(engine=up.engine, table=up.table) == 4
+    rows = stored_rows(up)
+    assert all(isinstance(row["cntryid"], str) for row in rows)  # written in the source's own (text) style

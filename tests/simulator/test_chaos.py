@@ -1,0 +1,163 @@
+"""`manage.py chaos --quick` against a real stack in miniature: Celery workers, beat and the simulator as processes,
+real PostgreSQL, and a Redis of the test's own that the scenario stops and starts again."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from django.conf import settings
+
+from ingestion.models import Source
+from ingestion.verification import sources_to_verify, verify_sources
+from metrics.services import countries_with_data, country_metrics_rebuild
+from pisa_site.embedded import EmbeddedRedis
+from simulator.chaos import poll_until
+from simulator.models import Injection
+from simulator.services import source_provision
+from tests.conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Six sources: one per fault, ARG in the text style so that every kind of bad row fits.
+COUNTRIES = ("ALB", "ARG", "AUS", "AUT", "BEL", "BGR")
+TEXT_STYLE_SOURCE = "ARG"
+STARTUP_TIMEOUT = 120
+CHAOS_TIMEOUT = 600
+STEPS = ("kill-worker", "restart-redis", "source-outage", "empty-source", "bad-rows", "late-transaction",
+         "update-delete", "settle", "verify", "metrics-verify")
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """The stack's Redis (broker, locks, cache): a redis-server of this test's own, the embedded one of a PISA_HOME
+    under tmp_path, so that the scenario can restart it without disturbing the rest of the suite."""
+    home = tmp_path / "pisa-home"
+    home.mkdir()
+    redis = EmbeddedRedis(home)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _tail(path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@pytest.fixture
+def chaos_stack(own_redis, celery_worker_process, pg_url_template, specs, tmp_path):
+    """What `make run` runs, minus the web server: an ingest worker (two pool processes), a metrics worker, beat and
+    the simulator feeding six source databases, all on `own_redis`. Yields the environment and the log folder."""
+    env = {
+        "PISA_HOME": str(own_redis.home), "REDIS_URL": own_redis.url(0), "CELERY_BROKER_URL": own_redis.url(1),
+        # Shorter than in production, to keep the run short: updates are found by the content reconciliation (every
+        # minute), and a source whose sync died with its worker or lost Redis waits for its lock to expire (30 s).
+        "INGEST_RECONCILE_SECONDS": "2", "INGEST_SYNC_LOCK_SECONDS": "6", "LOG_LEVEL": "WARNING",
+    }
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    source_provision(code=TEXT_STYLE_SOURCE, name="Argentina", url_template=pg_url_template, specs=specs,
+                     style="text").dispose()  # the simulator keeps an existing table's style
+    processes: list[subprocess.Popen] = []
+
+    def spawn(name: str, command: list[str]) -> subprocess.Popen:
+        process = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(**env), start_new_session=True,
+                                   stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+        processes.append(process)
+        return process
+
+    try:
+        simulator = spawn("simulator", [sys.executable, "manage.py", "simulate", "--countries", ",".join(COUNTRIES),
+                                        "--url-template", pg_url_template, "--rate", "10", "--seed-rows", "60"])
+        ingest = celery_worker_process("ingestion", name="chaos-ingest", concurrency=2, env=env,
+                                       log=open(logs / "ingest.log", "wb"))
+        celery_worker_process("metrics", name="chaos-metrics", env=env, log=open(logs / "metrics.log", "wb"))
+        beat = spawn("beat", [sys.executable, "-m", "celery", "-A", "pisa_site", "beat", "--loglevel", "WARNING"])
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while "Seeded" not in (logs / "simulator.log").read_text(errors="replace"):
+            assert simulator.poll() is None and time.monotonic() < deadline, _tail(logs / "simulator.log")
+            time.sleep(0.2)
+        yield env, logs, {"ingest": ingest.process, "beat": beat, "simulator": simulator}
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_stack, own_redis, tmp_path):
+    env, logs, processes = chaos_stack
+    redis_pid = own_redis.pid()
+    report_path = tmp_path / "chaos.json"
+
+    run = subprocess.run(
+        [sys.executable, "manage.py", "chaos", "--quick", "--outage", "2", "--redis-down", "0.5", "--late-hold", "1",
+         "--backlog", "2500", "--json", str(report_path)],
+        cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=CHAOS_TIMEOUT)
+
+    output = run.stdout + run.stderr
+    context = output + "".join(f"\n--- {log.name}:\n{_tail(log)}" for log in sorted(logs.iterdir()))
+    assert run.returncode == 0, context
+    report = json.loads(report_path.read_text())
+    assert [(step["name"], step["status"]) for step in report["steps"]] == [(name, "done") for name in STEPS], context
+    assert report["ok"] and report["failures"] == [] and "Outcome: PASS" in output
+    lines = {step["name"]: "\n".join(step["lines"]) for step in report["steps"]}
+
+    # The kill landed in the middle of the backlog's load, on a pool process of the stack's ingest worker...
+    killed = re.search(r"SIGKILL to pool process (\d+), running sync_source\((\w+)\) \(task [\w-]+\) with ([\d,]+) "
+                       r"of ([\d,]+)", lines["kill-worker"])
+    assert killed, lines["kill-worker"]
+    pid, committed, backlog = int(killed[1]), int(killed[3].replace(",", "")), int(killed[4].replace(",", ""))
+    assert 0 < committed < backlog
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # ...Redis really went away and came back as another process, and nothing else was restarted.
+    assert own_redis.pid() != redis_pid and own_redis.is_running()
+    assert all(process.poll() is None for process in processes.values()), "a stack process died"
+    assert "Traceback" not in (logs / "simulator.log").read_text(errors="replace")
+    # Each fault was done to a source, as logged by the simulator's injection log.
+    assert set(Injection.objects.values_list("kind", flat=True)) == {"empty", "bad", "late", "update", "delete"}
+    bad = Injection.objects.get(kind="bad")
+    assert bad.source_code == TEXT_STYLE_SOURCE
+    assert {row["problem"] for row in bad.details["rows"]} == {"text_in_numeric", "out_of_range_code",
+                                                               "duplicate_cntstuid", "null_keys"}
+
+    # The proof, once more from this process, with the simulator stopped (it resumed after the scenario, so the
+    # newest rows may be on their way): the warehouse equals the sources and the metrics equal a rebuild.
+    _stop(processes["simulator"])
+    verifications = []
+    assert poll_until(lambda: verifications.append(verify_sources(sources=sources_to_verify()))
+                      or verifications[-1].ok, timeout=120) is not None, verifications[-1].as_dict()
+    verification = verifications[-1]
+    assert verification.total.loaded > backlog and verification.total.quarantined > 0
+    assert {result.code for result in verification.sources} == set(COUNTRIES)
+    assert report["verification"]["total"]["missing"] == report["verification"]["total"]["extra"] == 0
+    for country in countries_with_data():
+        assert country_metrics_rebuild(country=country, verify=True).differences == []
+
+
+def test_chaos_refuses_to_run_without_a_stack_and_says_what_is_missing(own_redis, transactional_db):
+    Source.objects.create(code="ALB", name="Albania", url="postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+    env = {"PISA_HOME": str(own_redis.home), "REDIS_URL": own_redis.url(0), "CELERY_BROKER_URL": own_redis.url(1)}
+
+    run = subprocess.run([sys.executable, "manage.py", "chaos", "--quick"], cwd=ROOT, env=subprocess_env(**env),
+                         capture_output=True, text=True, timeout=120)
+
+    assert run.returncode == 1
+    assert f"no Celery worker consumes the ingestion queue of the broker {own_redis.url(1)}" in run.stderr
+    assert "make run" in run.stderr and "Traceback" not in run.stderr
+    assert settings.CELERY_BROKER_URL != own_redis.url(1)  # the suite's own broker was never in question
