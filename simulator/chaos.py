@@ -601,8 +601,8 @@ class ChaosRun:
         seconds = self.wait_for(applied, timeout=self.plan.step_timeout_seconds + settings.INGEST_RECONCILE_SECONDS,
                                 what=f"the updates and deletes of {source.code} applied")
         self.say(f"the pipeline removed the deleted rows and reloaded the {len(before)} updated rows it held in "
-                 f"{seconds:.1f} s (updates are found by its content reconciliation, every "
-                 f"{settings.INGEST_RECONCILE_SECONDS} s)")
+                 f"{seconds:.1f} s (updates are found by its content reconciliation, which a PostgreSQL source's "
+                 "update counter triggers)")
         if self.duplicate:
             _, cntstuid = self.duplicate
             heir = Student.objects.filter(source=source, cntstuid=cntstuid).exclude(source_row_id__in=victims)
@@ -624,9 +624,18 @@ class ChaosRun:
         paused_at = timezone.now() + dt.timedelta(seconds=SIMULATOR_PAUSE_MARGIN_SECONDS)
         self.say(f"paused the simulator; waiting for every source to be synced and reconciled after "
                  f"{timezone.localtime(paused_at):%H:%M:%S}, and the metrics to fold every change")
+
+        def reconciled_after_pause() -> bool:
+            behind = SourceState.objects.filter(source__in=sources).exclude(
+                last_success_at__gt=paused_at, last_reconciled_at__gt=paused_at, consecutive_failures=0)
+            if timezone.now() > paused_at:
+                # Ask for a full content comparison of every source (PostgreSQL sources otherwise compare only when
+                # their update counter moves, which the update step above has shown).
+                behind.filter(last_reconciled_at__lte=paused_at).update(last_reconciled_at=None)
+            return not behind.exists()
+
         seconds = self.wait_for(
-            lambda: not SourceState.objects.filter(source__in=sources).exclude(
-                last_success_at__gt=paused_at, last_reconciled_at__gt=paused_at, consecutive_failures=0).exists(),
+            reconciled_after_pause,
             timeout=self.plan.settle_timeout_seconds + settings.INGEST_RECONCILE_SECONDS,
             what="every source synced and reconciled after the pause")
         self.say(f"every source synced and reconciled {seconds:.1f} s later")
@@ -665,6 +674,7 @@ class ChaosRun:
             # A sync that was running across the pause may have missed its last rows: one more round, then compare.
             failing = [result.code for result in verification.sources if not result.ok]
             self.say(f"comparing {', '.join(failing)} again after their next sync and reconciliation")
+            SourceState.objects.filter(source__code__in=failing).update(last_reconciled_at=None)
             self.wait_for(lambda: not SourceState.objects.filter(source__code__in=failing).exclude(
                 last_success_at__gt=attempt_at, last_reconciled_at__gt=attempt_at).exists(),
                 timeout=self.plan.settle_timeout_seconds + settings.INGEST_RECONCILE_SECONDS,
