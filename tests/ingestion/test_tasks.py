@@ -48,9 +48,24 @@ def test_while_a_sync_waits_in_the_queue_the_fan_out_queues_no_second_one(source
     time.sleep(1.1)  # ALB is due again by its poll interval...
     assert fan_out() == 0  # ...but its first message still waits for a worker: no second one behind it
     celery_worker_process("ingestion")
-    assert wait_until(lambda: loaded(alb.source) == 3)
+    # As beat would: fan out again while waiting (a message that waited over 5 s for the worker drops itself).
+    assert wait_until(lambda: fan_out() >= 0 and loaded(alb.source) == 3)
     # Once that sync has started and finished, the next poll is queued as usual.
     assert wait_until(lambda: fan_out() == 1, timeout=10)
+
+
+def test_a_sync_that_waited_too_long_drops_itself_unless_it_is_a_dead_workers_redelivery(source_db):
+    from ingestion.locks import _client, lock_key
+
+    alb = source_db("ALB")
+    alb.insert_students(2)
+    long_ago = time.time() - 60
+    stale = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB", "queued_at": long_ago}, task_id="t-1").get()
+    assert "stale" in stale["skipped"] and loaded(alb.source) == 0
+    # The worker running "t-2" died holding the source's lock; the redelivered message is as old, and runs at once.
+    _client().set(lock_key(f"source:{alb.source.pk}"), "t-2", px=30_000)
+    again = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB", "queued_at": long_ago}, task_id="t-2").get()
+    assert again["loaded"] == 2 and loaded(alb.source) == 2
 
 
 def test_a_source_that_is_down_backs_off_while_the_others_continue_then_catches_up(source_db):
