@@ -25,7 +25,8 @@ def bad_request(message: str) -> JsonResponse:
 
 
 def cached_json(request, etag: str, body) -> HttpResponse:
-    if etag in request.headers.get("If-None-Match", ""):
+    # META, not request.headers: that builds a dict of every header on first use, for the one header wanted here.
+    if etag in request.META.get("HTTP_IF_NONE_MATCH", ""):
         response = HttpResponseNotModified()
     else:
         response = HttpResponse(body() if callable(body) else body, content_type="application/json")
@@ -55,9 +56,14 @@ def fast_path(api_class: type[APIView]):
     return decorate
 
 
+def _query(request) -> str:
+    return request.META.get("QUERY_STRING", "")
+
+
 def _metrics(request) -> HttpResponse:
     try:
-        countries, etag = selectors.view_lookup("metrics", request.GET.get("countries"), with_labels=True)
+        countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
+                                                with_labels=True)
     except selectors.InvalidParameter as exc:
         return bad_request(str(exc))
     return cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
@@ -99,9 +105,11 @@ class CountryDetailApi(PublicApi):
 
 
 def _forage(request, chart: str) -> HttpResponse:
-    raw = None if chart in selectors.FORAGE_ALL_COUNTRIES else request.GET.get("countries")
+    every_country = chart in selectors.FORAGE_ALL_COUNTRIES
     try:
-        countries, etag = selectors.view_lookup(f"forage:{chart}", raw, with_labels=False)
+        countries, etag = selectors.view_lookup(
+            f"forage:{chart}", "" if every_country else _query(request),
+            lambda: None if every_country else request.GET.get("countries"), with_labels=False)
     except selectors.InvalidParameter as exc:
         return bad_request(str(exc))
     return cached_json(request, etag, lambda: selectors.forage_bytes(chart, countries, etag))
