@@ -270,6 +270,13 @@ def _weighted_quantiles(
     return out, max(QUANTILE_MIN_HALF_WINDOW, 2 * needed)
 
 
+def _count_distinct(values: np.ndarray) -> int:
+    if not len(values):
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
+
+
 def score_percentiles(
     *, weights: np.ndarray, pv: Mapping[str, np.ndarray], school_id: np.ndarray,
     probabilities: Iterable[float] = PERCENTILES,
@@ -285,10 +292,16 @@ def score_percentiles(
     probabilities = tuple(probabilities)
     keys = [f"p{round(probability * 100):d}" for probability in probabilities]
     out: dict[str, dict[str, Estimate]] = {}
+    schools_of_everyone = None
     for domain, plausible in pv.items():
         plausible = np.asarray(plausible, dtype=np.float64)
         has_scores = ~np.isnan(plausible[:, 0])
-        n_students, n_schools = int(has_scores.sum()), len(np.unique(school_id[has_scores]))
+        n_students = int(has_scores.sum())
+        if n_students < len(has_scores):
+            n_schools = _count_distinct(school_id[has_scores])
+        else:  # the usual case, in every domain: count once
+            schools_of_everyone = schools_of_everyone or _count_distinct(school_id)
+            n_schools = schools_of_everyone
         if n_students == 0:
             out[domain] = {key: Estimate(None, None, 0, 0, True, "no student with valid data") for key in keys}
             continue

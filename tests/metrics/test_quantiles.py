@@ -74,6 +74,7 @@ def test_score_percentiles_equal_the_definition_for_every_pv_weight_and_domain()
     pv = dict(batch.pv)
     pv["MATH"] = pv["MATH"].copy()
     pv["MATH"][::7] = np.nan  # students without mathematics scores are left out of its percentiles
+    pv["MATH"][batch.school_id == batch.school_id[1]] = np.nan  # and so is a school
     percentiles = score_percentiles(weights=batch.weights, pv=pv, school_id=batch.school_id,
                                     probabilities=(0.1, 0.9))
     for domain in DOMAINS:
@@ -84,3 +85,4 @@ def test_score_percentiles_equal_the_definition_for_every_pv_weight_and_domain()
         for k, key in enumerate(("p10", "p90")):
             assert percentiles[domain][key].value == pytest.approx(full[k].mean(), rel=1e-15)
             assert percentiles[domain][key].n_students == int(has.sum())
+            assert percentiles[domain][key].n_schools == len(np.unique(batch.school_id[has]))
