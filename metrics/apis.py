@@ -26,7 +26,8 @@ def bad_request(message: str) -> JsonResponse:
 
 
 def cached_json(request, etag: str, body) -> HttpResponse:
-    if etag in request.headers.get("If-None-Match", ""):
+    # META, not request.headers: that builds a dict of every header on first use, for the one header wanted here.
+    if etag in request.META.get("HTTP_IF_NONE_MATCH", ""):
         response = HttpResponseNotModified()
     else:
         response = HttpResponse(body() if callable(body) else body, content_type="application/json")
@@ -56,11 +57,16 @@ def fast_path(api_class: type[APIView]):
     return decorate
 
 
+def _query(request) -> str:
+    return request.META.get("QUERY_STRING", "")
+
+
 def _metrics(request) -> HttpResponse:
     if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
         return bad_request(problem)
     try:
-        countries, etag = selectors.view_lookup("metrics", request.GET.get("countries"), with_labels=True)
+        countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
+                                                with_labels=True)
     except selectors.InvalidParameter as exc:
         return bad_request(str(exc))
     return cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
@@ -110,16 +116,16 @@ class CountryDetailApi(PublicApi):
 def _forage(request, chart: str) -> HttpResponse:
     if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
         return bad_request(problem)
-    raw = request.GET.get("countries")
-    if chart in selectors.FORAGE_ALL_COUNTRIES:
-        if raw:  # checked like everywhere else, but these two charts are always over every country
-            try:
-                selectors.countries_parse(raw)
-            except selectors.InvalidParameter as exc:
-                return bad_request(str(exc))
-        raw = None
+    every_country = chart in selectors.FORAGE_ALL_COUNTRIES
+    if every_country and (raw := request.GET.get("countries")):
+        try:  # checked like everywhere else, but these two charts are always over every country
+            selectors.countries_parse(raw)
+        except selectors.InvalidParameter as exc:
+            return bad_request(str(exc))
     try:
-        countries, etag = selectors.view_lookup(f"forage:{chart}", raw, with_labels=False)
+        countries, etag = selectors.view_lookup(
+            f"forage:{chart}", "" if every_country else _query(request),
+            lambda: None if every_country else request.GET.get("countries"), with_labels=False)
     except selectors.InvalidParameter as exc:
         return bad_request(str(exc))
     return cached_json(request, etag, lambda: selectors.forage_bytes(chart, countries, etag))

@@ -1,8 +1,15 @@
 """Ready-to-send metrics in Redis: one JSON document per country, and the assembled views the API serves.
 
-The 1 Hz request path never touches the warehouse: it reads a few small version numbers (one MGET), answers
-`304 Not Modified` when the client's ETag matches, and otherwise sends bytes cached for that exact ETag, building them
-from the per-country documents only the first time a combination is asked for.
+The 1 Hz request path never touches the warehouse, and usually not Redis either: each web process keeps a snapshot
+of every country's version number (and the codebook labels version), read from Redis at most once per
+`METRICS_VERSIONS_CACHE_SECONDS` (0.1 s) and shared by its threads. A request compares the client's ETag with the
+one those versions give and answers `304 Not Modified`, or sends bytes cached for that exact ETag, building them from
+the per-country documents only the first time a combination is asked for.
+
+The bound: a snapshot is used until `METRICS_VERSIONS_CACHE_SECONDS` after the moment its read was *sent*, so a
+document published at time t is in every process's ETags by t + METRICS_VERSIONS_CACHE_SECONDS; a 304 for a changed
+document is never sent later than that. A publish or removal made by a process clears that process's snapshot at
+once.
 """
 
 from __future__ import annotations
@@ -10,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.cache import cache
 
 COUNTRY_DOCUMENT = "pisa:metrics:country:{}"
@@ -34,11 +44,13 @@ def country_document_publish(*, country: str, document: dict, version: int) -> N
     pipe.set(COUNTRY_VERSION.format(country), version)
     pipe.sadd(COUNTRY_INDEX, country)
     pipe.execute()
+    versions_forget()
 
 
 def country_document_remove(*, country: str) -> None:
     _client().delete(COUNTRY_DOCUMENT.format(country), COUNTRY_VERSION.format(country))
     _client().srem(COUNTRY_INDEX, country)
+    versions_forget()
 
 
 def published_countries() -> list[str]:
@@ -62,20 +74,75 @@ def labels_version_key() -> str:
     return cache.make_and_validate_key(LABELS_VERSION_KEY)
 
 
-def versions_lookup(countries: Sequence[str] | None) -> tuple[list[str], list[bytes | None], bytes | None]:
-    """Fast path: in ONE round trip, the countries (all published ones when None), their versions, and the codebook
-    labels version. (countries, versions, labels_version); a version is None for a country without data."""
-    client = _client()
-    if countries is None:
-        countries = sorted(code.decode() for code in client.smembers(COUNTRY_INDEX))
-    if not countries:
-        return [], [], client.get(labels_version_key())
-    *versions, labels = client.mget([*(COUNTRY_VERSION.format(c) for c in countries), labels_version_key()])
-    return list(countries), versions, labels
-
-
 def etag_of(kind: str, countries: Sequence[str], versions: Sequence[bytes | None], *extra: object) -> str:
     return _etag("|".join([kind, *countries, *(v.decode() if v else "-" for v in versions), *map(str, extra)]))
+
+
+# --- The hot path's versions: one snapshot per process, re-read at most every METRICS_VERSIONS_CACHE_SECONDS -------
+
+DEFAULT_VERSIONS_CACHE_SECONDS = 0.1
+# A snapshot remembers the (countries, ETag) it gave for each query it served, until its versions change; a bound on
+# how many, since queries are whatever clients send.
+VIEWS_PER_SNAPSHOT = 512
+
+
+@dataclass(frozen=True, eq=False)
+class VersionsSnapshot:
+    versions: dict[str, bytes]  # every published country -> its document's version
+    labels: bytes | None  # the codebook labels version; None when Redis has none yet
+    expires_at: float  # time.monotonic(): read_sent_at + METRICS_VERSIONS_CACHE_SECONDS
+    views: dict = field(default_factory=dict)  # (kind, query) -> (countries, etag), filled by metrics.selectors
+
+    @property
+    def countries(self) -> list[str]:
+        return sorted(self.versions)
+
+
+_snapshot: VersionsSnapshot | None = None
+_snapshot_lock = threading.Lock()  # one thread re-reads; the others wait for its snapshot rather than use a stale one
+
+
+def versions_cache_seconds() -> float:
+    return float(getattr(settings, "METRICS_VERSIONS_CACHE_SECONDS", DEFAULT_VERSIONS_CACHE_SECONDS))
+
+
+def versions_snapshot() -> VersionsSnapshot:
+    """The versions of every published country, at most METRICS_VERSIONS_CACHE_SECONDS old (see the module's
+    docstring for the bound). Costs a clock read and an attribute read, except once per period: two round trips."""
+    snapshot = _snapshot
+    if snapshot is not None and time.monotonic() < snapshot.expires_at:
+        return snapshot
+    with _snapshot_lock:
+        snapshot = _snapshot
+        if snapshot is not None and time.monotonic() < snapshot.expires_at:
+            return snapshot
+        return _versions_read(snapshot)
+
+
+def _versions_read(previous: VersionsSnapshot | None) -> VersionsSnapshot:
+    global _snapshot
+    sent_at = time.monotonic()  # before the read: whatever was published before this moment is in the snapshot
+    client = _client()
+    pipe = client.pipeline(transaction=False)
+    pipe.smembers(COUNTRY_INDEX)
+    pipe.get(labels_version_key())
+    members, labels = pipe.execute()
+    countries = sorted(code.decode() for code in members)
+    values = client.mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
+    # A country being removed can still be in the index without a version: it has no data.
+    versions = {country: value for country, value in zip(countries, values) if value is not None}
+    unchanged = previous is not None and previous.versions == versions and previous.labels == labels
+    snapshot = VersionsSnapshot(versions=versions, labels=labels, expires_at=sent_at + versions_cache_seconds(),
+                                views=previous.views if unchanged else {})
+    _snapshot = snapshot
+    return snapshot
+
+
+def versions_forget() -> None:
+    """Drop this process's snapshot (after it published, or when Redis was flushed): the next request re-reads."""
+    global _snapshot
+    with _snapshot_lock:
+        _snapshot = None
 
 
 def view_etag(kind: str, countries: Sequence[str], *extra: object) -> str:

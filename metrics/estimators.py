@@ -203,23 +203,78 @@ def country_statistics(
     }
 
 
+# The first window searched around the full-sample quantile holds this fraction of the students on each side (at
+# least QUANTILE_MIN_HALF_WINDOW); after each plausible value the next window is sized to what the replicates needed.
+QUANTILE_FIRST_HALF_WINDOW = 1 / 32
+QUANTILE_MIN_HALF_WINDOW = 64
+
+
 def weighted_quantiles(scores: np.ndarray, weights: np.ndarray, probabilities: Sequence[float]) -> np.ndarray:
     """(len(probabilities), 81): per weight, the smallest score whose weighted CDF reaches each probability.
 
     scores (n,), weights (n, 81). F(x) = sum of w over scores <= x / sum of w, and the p-quantile is the smallest x
     with F(x) >= p, evaluated as "cumulative weight >= p * total weight": svy's "higher" rule (its default), R's
-    svyquantile(qrule="math"). No interpolation.
+    svyquantile(qrule="math"). No interpolation. How it is computed: `_weighted_quantiles`.
     """
-    order = np.argsort(scores, kind="stable")
-    cumulative = weights[order]  # a fresh array: the running sums can overwrite it
-    np.cumsum(cumulative, axis=0, out=cumulative)
+    scores = np.ascontiguousarray(scores, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    return _weighted_quantiles(scores, weights, np.ascontiguousarray(weights[:, 0]), tuple(probabilities),
+                               weights.sum(axis=0), None)[0]
+
+
+def _weighted_quantiles(
+    scores: np.ndarray, weights: np.ndarray, full_sample_weight: np.ndarray, probabilities: tuple[float, ...],
+    totals: np.ndarray, half_window: int | None,
+) -> tuple[np.ndarray, int]:
+    """`weighted_quantiles`, given the full-sample weight as a contiguous array, the column sums of the weights and
+    the half window to start with (None: a fraction of n); returns the quantiles and the half window the next
+    plausible value may start with.
+
+    Exact, without a running sum of all n x 81 weights: the scores are sorted once; the running sum of the full-sample
+    weight alone locates its quantile, and the 81 quantiles lie near it, so the cumulative weights of all 81 columns
+    are computed only over a window of the sorted students around it, starting from the weight of the students below
+    the window (summed over the smaller side). The window is checked to hold every column's crossing (weight below
+    it < target <= weight up to its end) and widened until it does, so the answer is the one a running sum over all
+    students gives. Only float rounding differs (these sums are added in another order), which could matter only
+    where F(x) equals p to within about 1e-15 relative; sums that are exact in floating point (the test's equal
+    weights, where F hits p exactly) give exactly the same answer.
+    """
+    n = len(scores)
+    if n == 0:
+        raise ValueError("weighted quantiles of no score")
+    order = np.argsort(scores)  # ties in any order: tied scores are one value, whichever of them is reached first
+    ordered_scores = scores[order]
+    full_sample = np.cumsum(full_sample_weight[order])
+    half = half_window or max(QUANTILE_MIN_HALF_WINDOW, int(n * QUANTILE_FIRST_HALF_WINDOW))
+    needed = 0
     out = np.empty((len(probabilities), weights.shape[1]))
     for k, probability in enumerate(probabilities):
-        # cumulative is non-decreasing down each column: counting the rows below the target finds the first row
-        # that reaches it.
-        first_reaching = (cumulative < probability * cumulative[-1]).sum(axis=0)
-        out[k] = scores[order[np.minimum(first_reaching, len(scores) - 1)]]
-    return out
+        targets = probability * totals
+        centre = int(np.searchsorted(full_sample, probability * full_sample[-1]))
+        while True:
+            start, stop = max(0, centre - half), min(n, centre + half + 1)
+            if start <= n - start:
+                below = weights[order[:start]].sum(axis=0)
+            else:
+                below = totals - weights[order[start:]].sum(axis=0)
+            running = np.cumsum(weights[order[start:stop]], axis=0)
+            running += below
+            reached_before = (below >= targets) if start > 0 else False
+            reached_after = (running[-1] < targets) if stop < n else False
+            if not (np.any(reached_before) or np.any(reached_after)):
+                break
+            half *= 4
+        first_reaching = start + (running < targets).sum(axis=0)
+        needed = max(needed, int(np.abs(first_reaching - centre).max()))
+        out[k] = ordered_scores[np.minimum(first_reaching, n - 1)]
+    return out, max(QUANTILE_MIN_HALF_WINDOW, 2 * needed)
+
+
+def _count_distinct(values: np.ndarray) -> int:
+    if not len(values):
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def score_percentiles(
@@ -230,24 +285,37 @@ def score_percentiles(
 
     weights (n, 81), pv domain -> (n, 10) (rows without scores, NaN, are left out), school_id (n,). Per plausible
     value and weight, `weighted_quantiles`; then replicates and Rubin as for every score statistic. Cost per domain:
-    ten sorts and ten cumulative sums over the 81 weights.
+    ten sorts, and running sums of the 81 weights over a window of the students around each quantile.
     """
     weights = np.asarray(weights, dtype=np.float64)
     school_id = np.asarray(school_id)
     probabilities = tuple(probabilities)
     keys = [f"p{round(probability * 100):d}" for probability in probabilities]
     out: dict[str, dict[str, Estimate]] = {}
+    schools_of_everyone = None
     for domain, plausible in pv.items():
         plausible = np.asarray(plausible, dtype=np.float64)
         has_scores = ~np.isnan(plausible[:, 0])
-        n_students, n_schools = int(has_scores.sum()), len(np.unique(school_id[has_scores]))
+        n_students = int(has_scores.sum())
+        if n_students < len(has_scores):
+            n_schools = _count_distinct(school_id[has_scores])
+        else:  # the usual case, in every domain: count once
+            schools_of_everyone = schools_of_everyone or _count_distinct(school_id)
+            n_schools = schools_of_everyone
         if n_students == 0:
             out[domain] = {key: Estimate(None, None, 0, 0, True, "no student with valid data") for key in keys}
             continue
-        students_weights = weights[has_scores]
+        everyone = n_students == len(has_scores)
+        students_weights = weights if everyone else weights[has_scores]
+        students_scores = plausible if everyone else plausible[has_scores]
+        totals = students_weights.sum(axis=0)
+        full_sample_weight = np.ascontiguousarray(students_weights[:, 0])
         per_weight = np.empty((len(probabilities), N_WEIGHTS, N_PLAUSIBLE_VALUES))
+        half_window = None
         for m in range(N_PLAUSIBLE_VALUES):
-            per_weight[:, :, m] = weighted_quantiles(plausible[has_scores, m], students_weights, probabilities)
+            per_weight[:, :, m], half_window = _weighted_quantiles(
+                np.ascontiguousarray(students_scores[:, m]), students_weights, full_sample_weight, probabilities,
+                totals, half_window)
         reason = _flag_reason(n_students, n_schools)
         out[domain] = {
             key: Estimate(*replicate_estimate(per_weight[k]), n_students, n_schools, reason is not None, reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from django.utils import timezone
 
@@ -57,23 +57,41 @@ def _check_known(countries: Sequence[str], versions: Sequence[bytes | None]) -> 
 def countries_parse(raw: str | None) -> list[str]:
     """`?countries=ALB,ARG` -> ["ALB", "ARG"]; absent or empty -> every country with data."""
     codes = _country_codes(raw)
+    snapshot = cache.versions_snapshot()
     if codes is None:
-        return cache.published_countries()
-    countries, versions, _ = cache.versions_lookup(codes)
-    _check_known(countries, versions)
-    return countries
+        return snapshot.countries
+    _check_known(codes, [snapshot.versions.get(code) for code in codes])
+    return codes
 
 
-def view_lookup(kind: str, raw: str | None, *, with_labels: bool) -> tuple[list[str], str]:
-    """The hot path of every polled view: parse `?countries=`, then one Redis round trip for the versions the ETag
-    is made of. Returns (countries, etag); raises InvalidParameter."""
-    countries, versions, labels = cache.versions_lookup(_country_codes(raw))
+def view_lookup(kind: str, query: str, raw: Callable[[], str | None], *,
+                with_labels: bool) -> tuple[list[str], str]:
+    """The hot path of every polled view: the countries asked for and the ETag of their view, made from the versions
+    of this process's snapshot (metrics/cache.py: at most METRICS_VERSIONS_CACHE_SECONDS old).
+
+    `query` is the request's raw query string and `raw()` its `?countries=` value (None when absent): the snapshot
+    remembers the answer for each (kind, query) until its versions change, so a repeated poll parses nothing and
+    hashes nothing. Returns (countries, etag) (do not mutate the list); raises InvalidParameter, which is never
+    remembered, so bad input gets its 400 every time."""
+    snapshot = cache.versions_snapshot()
+    key = (kind, query)
+    found = snapshot.views.get(key)
+    if found is not None:
+        return found
+    codes = _country_codes(raw())
+    countries = snapshot.countries if codes is None else codes
+    versions = [snapshot.versions.get(code) for code in countries]
     _check_known(countries, versions)
+    labels = snapshot.labels
     if with_labels and labels is None:
         from codebook.selectors import labels_version
 
         labels = str(labels_version()).encode()  # first use since Redis was flushed: seed it
-    return countries, cache.etag_of(kind, countries, versions, labels.decode() if with_labels else "")
+    found = countries, cache.etag_of(kind, countries, versions, labels.decode() if with_labels else "")
+    if len(snapshot.views) >= cache.VIEWS_PER_SNAPSHOT:
+        snapshot.views.clear()
+    snapshot.views[key] = found
+    return found
 
 
 def _labels() -> dict:

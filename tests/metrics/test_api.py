@@ -100,3 +100,81 @@ class TestForageContract:
 
     def test_a_malformed_selector_is_a_400(self, client, two_countries):
         assert client.get("/api/forage/escs?countries=ALB;DROP").status_code == 400
+
+
+class TestVersionsSnapshot:
+    """The hot path's versions come from a per-process snapshot of Redis, at most METRICS_VERSIONS_CACHE_SECONDS old
+    (metrics/cache.py). Another process's publish (the metrics worker's) reaches this one within that bound."""
+
+    URL = "/api/v1/metrics/?countries=ALB,ARG"
+
+    @staticmethod
+    def publish_from_another_process(alb):
+        """A real second process folds ALB's new rows and publishes them, as the metrics worker does."""
+        import subprocess
+        import sys
+
+        from tests.conftest import ROOT, subprocess_env
+
+        alb.insert_students(2)
+        source_sync(source_id=alb.source.pk)
+        subprocess.run([sys.executable, "manage.py", "metrics", "refresh", "--country", "ALB"], cwd=ROOT,
+                       env=subprocess_env(), check=True, capture_output=True)
+
+    def test_a_change_published_by_another_process_is_served_once_the_bound_has_passed(
+            self, client, two_countries, settings):
+        import time
+
+        from metrics import cache
+
+        settings.METRICS_VERSIONS_CACHE_SECONDS = cache.DEFAULT_VERSIONS_CACHE_SECONDS
+        first = client.get(self.URL)
+        self.publish_from_another_process(two_countries[0])
+        published_at = time.monotonic()
+        # This process's snapshot was read before the publish, so it has expired by published_at + the bound.
+        time.sleep(settings.METRICS_VERSIONS_CACHE_SECONDS)
+        assert time.monotonic() - published_at >= settings.METRICS_VERSIONS_CACHE_SECONDS
+        changed = client.get(self.URL, HTTP_IF_NONE_MATCH=first["ETag"])
+        assert changed.status_code == 200 and changed["ETag"] != first["ETag"]
+        assert changed.json()["by_country"]["ALB"]["statistics"]["n_students"] == 37
+        assert client.get(self.URL, HTTP_IF_NONE_MATCH=changed["ETag"]).status_code == 304
+
+    def test_within_the_bound_the_snapshot_answers_and_a_publish_here_clears_it(
+            self, client, two_countries, settings):
+        from metrics import cache
+        from metrics.services import country_metrics_refresh
+
+        settings.METRICS_VERSIONS_CACHE_SECONDS = 3600  # the bound, stretched so that the test can look inside it
+        cache.versions_forget()
+        first = client.get(self.URL)
+        self.publish_from_another_process(two_countries[0])
+        # Redis has the new version, but this process's snapshot is younger than the bound: it still says 304. This
+        # is the trade-off of the snapshot, and why the bound must stay a small part of the 1 s freshness budget.
+        assert client.get(self.URL, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+        # A publish from this process (nothing new to fold here) drops its snapshot at once.
+        country_metrics_refresh(country="ARG")
+        changed = client.get(self.URL, HTTP_IF_NONE_MATCH=first["ETag"])
+        assert changed.status_code == 200
+        assert changed.json()["by_country"]["ALB"]["statistics"]["n_students"] == 37
+
+    def test_bad_input_is_refused_every_time_whatever_the_snapshot_remembers(self, client, two_countries):
+        assert client.get(self.URL).status_code == 200
+        for _ in range(2):
+            assert client.get("/api/v1/metrics/?countries=ALB,ZZZ").status_code == 400
+            assert client.get("/api/v1/metrics/?countries=ALB,arg").status_code == 400
+            assert client.get(self.URL).status_code == 200
+
+    def test_a_removed_country_is_gone_from_the_default_view(self, client, two_countries):
+        from metrics import cache
+
+        assert client.get("/api/v1/metrics/").json()["countries"] == ["ALB", "ARG"]
+        cache.country_document_remove(country="ARG")
+        assert client.get("/api/v1/metrics/").json()["countries"] == ["ALB"]
+
+    def test_the_snapshot_remembers_a_bounded_number_of_queries(self, client, two_countries):
+        from metrics import cache, selectors
+
+        for k in range(cache.VIEWS_PER_SNAPSHOT + 10):
+            selectors.view_lookup("metrics", f"countries=ALB&k={k}", lambda: "ALB", with_labels=True)
+            selectors.view_lookup(f"test:{k}", "countries=ARG", lambda: "ARG", with_labels=False)
+        assert len(cache.versions_snapshot().views) <= cache.VIEWS_PER_SNAPSHOT
