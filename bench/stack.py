@@ -1,0 +1,309 @@
+"""The running product, for benchmarks: the Procfile's processes on the bench warehouse, source databases fed by the
+simulator, and an observer of freshness.
+
+    with bench_environment(), SimulatedSources("pisa_fresh_src_") as sources, Stack("freshness") as stack:
+        stack.run(sources.simulate(seed_rows=200, seed=7))      # create and seed the 20 sources
+        stack.wait_until_settled()                              # seed rows in the warehouse and in the API
+        figures = stack.freshness(sources, rate=200, seconds=60, seed=8)
+
+`Stack` starts web, ingest, metrics and beat with the Procfile's own command lines, so its environment variables
+(WEB_WORKERS, WEB_THREADS, INGEST_CONCURRENCY, METRICS_CONCURRENCY...) apply as in `make run`. Every process runs in
+a session of its own: a Ctrl-C (or SIGTERM) reaches the benchmark alone, which stops every process it started, whole
+process groups included, on its way out. Their output goes to bench/<name>.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import ROOT, percentile
+
+COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
+PROCFILE = ROOT / "Procfile"
+# Flower only watches, and each benchmark runs the simulator itself with arguments of its own.
+STACK_PROCESSES = ("web", "ingest", "metrics", "beat")
+# A Celery worker's warm shutdown waits for its running task (up to the 60 s soft limit of a sync): not that long.
+STOP_TIMEOUT_SECONDS = 20
+STARTUP_TIMEOUT_SECONDS = 60
+SETTLE_TIMEOUT_SECONDS = 180
+OBSERVE_EVERY_SECONDS = 0.05
+# How long the observer keeps watching after the simulator stopped, for the last rows to reach the API.
+DRAIN_SECONDS = 10
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The benchmark's environment (bench warehouse, Redis databases) for a child: this checkout's code first, the
+    venv's commands on PATH (the Procfile says `celery`, `gunicorn`), quieter logs unless LOG_LEVEL says otherwise."""
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"), **overrides}
+
+
+def procfile_commands() -> dict[str, str]:
+    """The Procfile's command line of each process, by name."""
+    commands = {}
+    for line in PROCFILE.read_text().splitlines():
+        name, separator, command = line.partition(":")
+        if separator and not line.lstrip().startswith("#"):
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+def _free_port() -> int:
+    from pisa_site.embedded import _free_port
+
+    return _free_port()
+
+
+def get_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+class Processes:
+    """Child processes in sessions of their own, with their output in one log file; all stopped on exit, also after
+    a Ctrl-C or a SIGTERM."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.started: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        self.log = open(self.log_path, "wb")
+        # Without a handler, SIGTERM (from make, a CI runner) would end the benchmark without its cleanup.
+        self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # A second Ctrl-C must not interrupt the cleanup half-way and leave processes behind.
+        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for process in reversed(self.started):
+                self.stop(process)
+        finally:
+            self.log.close()
+            signal.signal(signal.SIGINT, previous_sigint)
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+    def start(self, args: list[str], *, env: dict | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(args, cwd=ROOT, env=env or child_environment(), stdout=self.log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def finish(self, process: subprocess.Popen, timeout: float | None = None) -> None:
+        """Wait for a process that ends by itself; raise if it failed."""
+        returncode = process.wait(timeout)
+        self.stop(process)
+        if returncode != 0:
+            raise RuntimeError(f"{' '.join(process.args)} exited with {returncode}; see {self.log_path}")
+
+    def run(self, args: list[str], *, env: dict | None = None) -> None:
+        self.finish(self.start(args, env=env))
+
+    def stop(self, process: subprocess.Popen) -> None:
+        """SIGTERM to the process's group (Celery's pool children, gunicorn's workers), SIGKILL to what lingers."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # members that outlived their leader, or a stuck leader
+        process.wait()
+        if process in self.started:
+            self.started.remove(process)
+
+
+class SimulatedSources:
+    """The 20 source databases `<prefix><code>` on the warehouse's server, created and fed by `manage.py simulate`:
+    absent on entry (left-overs of an interrupted run are dropped), dropped on exit."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __enter__(self):
+        from django.conf import settings
+
+        from simulator.schema import server_url_of, url_template_on
+
+        self.server = server_url_of(settings.DATABASE_URL)
+        self.template = url_template_on(self.server, database=self.prefix + "{code}")
+        self.drop()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.drop()
+
+    def drop(self) -> None:
+        from simulator.schema import source_database_drop
+
+        for code in COUNTRIES:
+            source_database_drop(server_url=self.server.render_as_string(hide_password=False),
+                                 database=self.prefix + code.lower())
+
+    def simulate(self, *, seed: int, seed_rows: int = 0, rate: float = 0.0, seconds: float | None = None) -> list[str]:
+        """The `manage.py simulate` command line: top the sources up to `seed_rows` rows altogether, then (with a
+        rate and a duration) feed them `rate` rows/s for `seconds`; without a duration it stops after seeding."""
+        command = [sys.executable, "manage.py", "simulate", "--url-template", self.template, "--countries",
+                   ",".join(COUNTRIES), "--seed-rows", str(seed_rows), "--seed", str(seed)]
+        if seconds is None:
+            return [*command, "--max-rows", "0"]
+        return [*command, "--rate", str(rate), "--duration", str(seconds)]
+
+
+class Stack(Processes):
+    """The Procfile's web, ingest, metrics and beat on the bench warehouse; `environment` overrides its variables."""
+
+    def __init__(self, name: str, *, environment: dict[str, str] | None = None) -> None:
+        super().__init__(ROOT / "bench" / f"{name}.log")
+        self.name = name
+        self.overrides = environment or {}
+
+    def __enter__(self):
+        super().__enter__()
+        try:
+            self.port = _free_port()
+            self.api_url = f"http://127.0.0.1:{self.port}"
+            self.env = child_environment(PORT=str(self.port), **self.overrides)
+            commands = procfile_commands()
+            for name in STACK_PROCESSES:
+                command = commands[name]
+                if name == "beat":  # a schedule file of its own, not the one `make run` keeps under PISA_HOME
+                    command += f" --schedule {ROOT / 'bench' / f'.{self.name}-beat-schedule'}"
+                self.start(["bash", "-c", f"exec {command}"], env=self.env)
+            self._wait_for_web()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _wait_for_web(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while True:
+            try:
+                get_json(f"{self.api_url}/api/v1/health/", timeout=2)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not answer within {STARTUP_TIMEOUT_SECONDS}s; see "
+                                       f"{self.log_path}") from None
+                time.sleep(0.3)
+
+    def api_counts(self) -> dict[str, int]:
+        """Students per country, as the API serves them."""
+        return {item["code"]: item["n_students"] for item in get_json(f"{self.api_url}/api/v1/countries/")["results"]}
+
+    def wait_until_settled(self, timeout: float = SETTLE_TIMEOUT_SECONDS) -> dict[str, int]:
+        """Until ingestion and the metrics have caught up with sources that no longer change: every enabled source
+        polled successfully since this call, and the API counting exactly the students the warehouse holds for each
+        country. Returns the API's counts."""
+        from django.utils import timezone
+
+        from ingestion.models import Source, SourceState
+
+        since = timezone.now()
+        deadline = time.monotonic() + timeout
+        while True:
+            states = SourceState.objects.filter(source__enabled=True)
+            polled = states.filter(last_success_at__gte=since).count() == Source.objects.filter(enabled=True).count()
+            loaded = dict(states.values_list("source__code", "rows_loaded"))
+            served = self.api_counts()
+            if polled and all(served.get(code, 0) == rows for code, rows in loaded.items()):
+                return served
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not settled after {timeout:g}s: warehouse {loaded}, API {served}; see "
+                                   f"{self.log_path}")
+            time.sleep(0.5)
+
+    def freshness(self, sources: SimulatedSources, *, rate: float, seconds: float, seed: int) -> dict:
+        """Feed the sources `rate` rows/s for `seconds` and observe every new row's delays (FreshnessObserver)."""
+        observer = FreshnessObserver(self)
+        simulator = self.start(sources.simulate(rate=rate, seconds=seconds, seed=seed), env=self.env)
+        observer.observe_while(lambda: simulator.poll() is None)
+        self.finish(simulator)
+        return observer.figures()
+
+
+class FreshnessObserver:
+    """For every row a source commits from the observer's creation on: the delay from its `created_at` (set by the
+    source at insert, on the same server clock) to its presence in the warehouse (new rows polled every 50 ms), and
+    to its presence in the API (GET /api/v1/countries/: a row counts as served once its country's n_students
+    reaches the row's rank among that country's new rows). The 50 ms period bounds the bias. Also kept, to tell
+    waiting from working: the delay to the start of the transaction that loaded each row (its loaded_at)."""
+
+    def __init__(self, stack: Stack) -> None:
+        from django.db import connection
+
+        self.stack = stack
+        self.cursor = connection.cursor()
+        self.cursor.execute("SELECT coalesce(max(id), 0) FROM ingestion_student")
+        self.last_id = self.cursor.fetchone()[0]
+        self.base_counts = stack.api_counts()
+        self.started_at = time.time()
+        self.warehouse_delays: list[float] = []
+        self.load_start_delays: list[float] = []
+        self.api_delays: list[float] = []
+        self.created_by_country: dict[str, list[float]] = defaultdict(list)  # epochs of the new rows
+        self.served_by_country: dict[str, int] = defaultdict(int)  # how many of them the API counts
+
+    def observe_while(self, running) -> None:
+        """Observe while `running()` is true, then DRAIN_SECONDS more."""
+        drain_until = None
+        while drain_until is None or time.monotonic() < drain_until:
+            if drain_until is None and not running():
+                drain_until = time.monotonic() + DRAIN_SECONDS
+            self._observe_warehouse()
+            self._observe_api()
+            time.sleep(OBSERVE_EVERY_SECONDS)
+
+    def _observe_warehouse(self) -> None:
+        now = time.time()
+        self.cursor.execute("SELECT id, country, extract(epoch from source_created_at), "
+                            "extract(epoch from loaded_at) FROM ingestion_student WHERE id > %s ORDER BY id",
+                            [self.last_id])
+        for row_id, country, created, loaded in self.cursor.fetchall():
+            self.last_id = row_id
+            created = float(created)
+            if created >= self.started_at:
+                self.warehouse_delays.append(now - created)
+                self.load_start_delays.append(float(loaded) - created)
+                self.created_by_country[country].append(created)
+
+    def _observe_api(self) -> None:
+        counts = self.stack.api_counts()
+        now = time.time()
+        for code, count in counts.items():
+            new_rows = sorted(self.created_by_country[code])
+            already = self.served_by_country[code]
+            reached = min(max(count - self.base_counts.get(code, 0), 0), len(new_rows))
+            self.api_delays.extend(now - created for created in new_rows[already:reached])
+            self.served_by_country[code] = max(already, reached)
+
+    def figures(self) -> dict:
+        def seconds(values, q):
+            value = percentile(values, q)
+            return None if value is None else round(value, 3)
+
+        return {
+            "rows_observed": len(self.warehouse_delays),
+            "warehouse_p50_s": seconds(self.warehouse_delays, 0.5),
+            "warehouse_p99_s": seconds(self.warehouse_delays, 0.99),
+            "load_started_p50_s": seconds(self.load_start_delays, 0.5),
+            "load_started_p99_s": seconds(self.load_start_delays, 0.99),
+            "api_rows_observed": len(self.api_delays),
+            "api_p50_s": seconds(self.api_delays, 0.5),
+            "api_p99_s": seconds(self.api_delays, 0.99),
+        }
