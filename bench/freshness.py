@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from bench.common import bench_environment, report
-from bench.stack import COUNTRIES, SimulatedSources, Stack
+from bench.stack import COUNTRIES, SimulatedSources, Stack, say
 
 SEED_ROWS = 200
 
@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     with bench_environment(), SimulatedSources("pisa_fresh_src_") as sources, Stack("freshness") as stack:
-        print("seeding the sources...", flush=True)
+        say("seeding the sources...")
         stack.run(sources.simulate(seed_rows=SEED_ROWS, seed=7), env=stack.env)
         seeded = sum(stack.wait_until_settled().values())
-        print(f"{seeded} seed rows loaded; simulating {args.rate:g} rows/s for {seconds:g}s...", flush=True)
+        say(f"{seeded} seed rows loaded; simulating {args.rate:g} rows/s for {seconds:g}s...")
         figures = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8)
     report("freshness", {
         "what": f"simulator at {args.rate:g} rows/s over {len(COUNTRIES)} sources for {seconds:g}s; "

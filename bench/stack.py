@@ -40,6 +40,14 @@ OBSERVE_EVERY_SECONDS = 0.05
 DRAIN_SECONDS = 10
 
 
+_STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress, with the seconds since the benchmark started (phases take minutes on a busy machine)."""
+    print(f"[{time.monotonic() - _STARTED:7.1f}s] {message}", flush=True)
+
+
 def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -202,9 +210,16 @@ class Stack(Processes):
                                        f"{self.log_path}") from None
                 time.sleep(0.3)
 
-    def api_counts(self) -> dict[str, int]:
-        """Students per country, as the API serves them."""
-        return {item["code"]: item["n_students"] for item in get_json(f"{self.api_url}/api/v1/countries/")["results"]}
+    def api_counts(self, *, patience: float = 0) -> dict[str, int]:
+        """Students per country, as the API serves them; retried for `patience` seconds when it does not answer."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                results = get_json(f"{self.api_url}/api/v1/countries/")["results"]
+                return {item["code"]: item["n_students"] for item in results}
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
 
     def wait_until_settled(self, timeout: float = SETTLE_TIMEOUT_SECONDS) -> dict[str, int]:
         """Until ingestion and the metrics have caught up with sources that no longer change: every enabled source
@@ -220,7 +235,7 @@ class Stack(Processes):
             states = SourceState.objects.filter(source__enabled=True)
             polled = states.filter(last_success_at__gte=since).count() == Source.objects.filter(enabled=True).count()
             loaded = dict(states.values_list("source__code", "rows_loaded"))
-            served = self.api_counts()
+            served = self.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
             if polled and all(served.get(code, 0) == rows for code, rows in loaded.items()):
                 return served
             if time.monotonic() > deadline:
@@ -251,13 +266,14 @@ class FreshnessObserver:
         self.cursor = connection.cursor()
         self.cursor.execute("SELECT coalesce(max(id), 0) FROM ingestion_student")
         self.last_id = self.cursor.fetchone()[0]
-        self.base_counts = stack.api_counts()
+        self.base_counts = stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
         self.started_at = time.time()
         self.warehouse_delays: list[float] = []
         self.load_start_delays: list[float] = []
         self.api_delays: list[float] = []
         self.created_by_country: dict[str, list[float]] = defaultdict(list)  # epochs of the new rows
         self.served_by_country: dict[str, int] = defaultdict(int)  # how many of them the API counts
+        self.api_failures = 0  # observations the API did not answer in time (the next one catches up)
 
     def observe_while(self, running) -> None:
         """Observe while `running()` is true, then DRAIN_SECONDS more."""
@@ -283,7 +299,11 @@ class FreshnessObserver:
                 self.created_by_country[country].append(created)
 
     def _observe_api(self) -> None:
-        counts = self.stack.api_counts()
+        try:
+            counts = self.stack.api_counts()
+        except OSError:  # timeouts included: an overloaded server delays the figure, it does not end the run
+            self.api_failures += 1
+            return
         now = time.time()
         for code, count in counts.items():
             new_rows = sorted(self.created_by_country[code])
@@ -306,4 +326,5 @@ class FreshnessObserver:
             "api_rows_observed": len(self.api_delays),
             "api_p50_s": seconds(self.api_delays, 0.5),
             "api_p99_s": seconds(self.api_delays, 0.99),
+            "api_observations_failed": self.api_failures,
         }
