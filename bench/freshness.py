@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from bench.common import bench_environment, report
-from bench.stack import COUNTRIES, SimulatedSources, Stack, say
+from bench.stack import COUNTRIES, SourceDatabases, Stack, say
 
 SEED_ROWS = 200
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
-    with bench_environment(), SimulatedSources("pisa_fresh_src_") as sources, Stack("freshness") as stack:
+    with bench_environment(), SourceDatabases("pisa_fresh_src_") as sources, Stack("freshness") as stack:
         say("seeding the sources...")
         stack.run(sources.simulate(seed_rows=SEED_ROWS, seed=7), env=stack.env)
         seeded = sum(stack.wait_until_settled().values())

@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 
 from bench.common import bench_environment, percentile, report
-from bench.stack import COUNTRIES, SimulatedSources, Stack, say
+from bench.stack import COUNTRIES, SourceDatabases, Stack, say
 
 DASHBOARDS = 500
 BASELINE_DASHBOARDS = 5
@@ -265,7 +265,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     sources_panel = not args.metrics_only
-    with bench_environment(), SimulatedSources("pisa_load_src_") as sources, Stack("load") as stack:
+    with bench_environment(), SourceDatabases("pisa_load_src_") as sources, Stack("load") as stack:
         say("seeding the sources...")
         stack.run(sources.simulate(seed_rows=SEED_ROWS, seed=7), env=stack.env)
         stack.wait_until_settled()

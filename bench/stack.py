@@ -1,7 +1,7 @@
 """The running product, for benchmarks: the Procfile's processes on the bench warehouse, source databases fed by the
 simulator, and an observer of freshness.
 
-    with bench_environment(), SimulatedSources("pisa_fresh_src_") as sources, Stack("freshness") as stack:
+    with bench_environment(), SourceDatabases("pisa_fresh_src_") as sources, Stack("freshness") as stack:
         stack.run(sources.simulate(seed_rows=200, seed=7))      # create and seed the 20 sources
         stack.wait_until_settled()                              # seed rows in the warehouse and in the API
         figures = stack.freshness(sources, rate=200, seconds=60, seed=8)
@@ -35,6 +35,10 @@ STACK_PROCESSES = ("web", "ingest", "metrics", "beat")
 STOP_TIMEOUT_SECONDS = 20
 STARTUP_TIMEOUT_SECONDS = 60
 SETTLE_TIMEOUT_SECONDS = 180
+# What beat does (INGEST_FAN_OUT_SECONDS), when a benchmark queues the syncs itself.
+FAN_OUT_EVERY_SECONDS = 1.0
+BACKFILL_POLL_SECONDS = 0.2
+BACKFILL_TIMEOUT_SECONDS = 3 * 3600
 OBSERVE_EVERY_SECONDS = 0.05
 # How long the observer keeps watching after the simulator stopped, for the last rows to reach the API.
 DRAIN_SECONDS = 10
@@ -99,8 +103,7 @@ class Processes:
         # A second Ctrl-C must not interrupt the cleanup half-way and leave processes behind.
         previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for process in reversed(self.started):
-                self.stop(process)
+            self.stop(*reversed(self.started))
         finally:
             self.log.close()
             signal.signal(signal.SIGINT, previous_sigint)
@@ -122,22 +125,28 @@ class Processes:
     def run(self, args: list[str], *, env: dict | None = None) -> None:
         self.finish(self.start(args, env=env))
 
-    def stop(self, process: subprocess.Popen) -> None:
-        """SIGTERM to the process's group (Celery's pool children, gunicorn's workers), SIGKILL to what lingers."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_TIMEOUT_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # members that outlived their leader, or a stuck leader
-        process.wait()
-        if process in self.started:
-            self.started.remove(process)
+    def stop(self, *processes: subprocess.Popen) -> None:
+        """SIGTERM to each process at once (to the leader only: a Celery worker then finishes its running task, and
+        gunicorn its requests, before stopping their children), then SIGKILL to whatever of each process group
+        (pool children, gunicorn workers) lingers after STOP_TIMEOUT_SECONDS."""
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # members that outlived their leader, or a stuck leader
+            process.wait()
+            if process in self.started:
+                self.started.remove(process)
 
 
-class SimulatedSources:
-    """The 20 source databases `<prefix><code>` on the warehouse's server, created and fed by `manage.py simulate`:
-    absent on entry (left-overs of an interrupted run are dropped), dropped on exit."""
+class SourceDatabases:
+    """The 20 source databases `<prefix><code>` on the warehouse's server (`template` is their URL template), made
+    by `manage.py simulate` (see `simulate`) or a benchmark: absent on entry (left-overs of an interrupted run are
+    dropped), dropped on exit."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -243,7 +252,7 @@ class Stack(Processes):
                                    f"{self.log_path}")
             time.sleep(0.5)
 
-    def freshness(self, sources: SimulatedSources, *, rate: float, seconds: float, seed: int) -> dict:
+    def freshness(self, sources: SourceDatabases, *, rate: float, seconds: float, seed: int) -> dict:
         """Feed the sources `rate` rows/s for `seconds` and observe every new row's delays (FreshnessObserver)."""
         observer = FreshnessObserver(self)
         simulator = self.start(sources.simulate(rate=rate, seconds=seconds, seed=seed), env=self.env)
@@ -328,3 +337,54 @@ class FreshnessObserver:
             "api_p99_s": seconds(self.api_delays, 0.99),
             "api_observations_failed": self.api_failures,
         }
+
+
+def warehouse_reset() -> None:
+    """Back to the state of a first deployment with the sources registered: no student, change, quarantined row,
+    source state or metrics state, and empty Redis databases (locks, due marks, queued tasks, published metrics).
+    (ingestion.pipeline.source_forget would keep each source's counters and log a -1 change per row instead.)"""
+    import redis
+    from django.conf import settings
+    from django.db import connection
+
+    from ingestion.models import DuplicateStudent, QuarantinedRow, SourceState, Student, StudentChange
+    from metrics.models import CountryMetricsState
+
+    tables = [model._meta.db_table for model in
+              (Student, StudentChange, QuarantinedRow, DuplicateStudent, SourceState, CountryMetricsState)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(tables)}")
+    for url in (settings.CACHES["default"]["LOCATION"], settings.CELERY_BROKER_URL):
+        redis.Redis.from_url(url).flushdb()
+
+
+def backfill(total: int, *, while_waiting=None) -> float:
+    """Queue what beat would (ingestion.fan_out every second) until the warehouse holds `total` students; the seconds
+    it took. Ingest workers must be running. `while_waiting()`, if given, is called between two checks."""
+    from django.db.models import Sum
+
+    from ingestion.models import SourceState, Student
+    from ingestion.tasks import fan_out
+
+    def loaded() -> int:
+        # The sources' own counters, not count(*) over the warehouse: scanning 100,000 wide rows five times a second
+        # would load the machine and slow down the very pipeline being measured.
+        return SourceState.objects.aggregate(rows=Sum("rows_loaded"))["rows"] or 0
+
+    started = last_fan_out = time.perf_counter()
+    fan_out()
+    while loaded() < total:
+        now = time.perf_counter()
+        if now - last_fan_out >= FAN_OUT_EVERY_SECONDS:
+            fan_out()
+            last_fan_out = now
+        if while_waiting:
+            while_waiting()
+        time.sleep(BACKFILL_POLL_SECONDS)
+        if now - started > BACKFILL_TIMEOUT_SECONDS:
+            raise TimeoutError(f"the backfill did not finish within {BACKFILL_TIMEOUT_SECONDS} s")
+    elapsed = time.perf_counter() - started
+    held = Student.objects.count()
+    if held != total:
+        raise RuntimeError(f"the warehouse holds {held:,} students, expected {total:,}")
+    return elapsed
