@@ -24,6 +24,7 @@ from bench.common import ROOT, bench_environment, report
 from bench.stack import COUNTRIES, SourceDatabases, backfill
 
 INSERT_BATCH = 1000
+DEFAULT_WORKERS = 2
 
 
 def student_factory(seed: int = 2018):
@@ -38,9 +39,9 @@ def student_factory(seed: int = 2018):
                           country_means_path=shared / "oecd_2018_country_means.csv")
 
 
-def provision(rows_per_source: int, *, url_template: str) -> dict:
+def provision(rows_per_source: int, *, url_template: str, created_at=None) -> dict:
     """20 real source databases (`url_template` with {code}) with `rows_per_source` synthetic students each,
-    registered as sources."""
+    registered as sources; `created_at` for every row instead of the time of the insert."""
     from simulator.selectors import codebook_specs
     from simulator.services import responses_insert, source_provision
 
@@ -52,7 +53,7 @@ def provision(rows_per_source: int, *, url_template: str) -> dict:
         with handle.engine.begin() as connection:
             connection.exec_driver_sql("TRUNCATE responses RESTART IDENTITY")
         for start in range(0, rows_per_source, INSERT_BATCH):
-            responses_insert(engine=handle.engine, table=handle.table,
+            responses_insert(engine=handle.engine, table=handle.table, created_at=created_at,
                              rows=factory.students(code, min(INSERT_BATCH, rows_per_source - start)))
         handles[code] = handle
         print(f"  source {code}: {rows_per_source:,} rows", flush=True)
@@ -136,7 +137,7 @@ def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="500 rows per source instead of 5,000")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (and pipe streams)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes (and pipe streams)")
     args = parser.parse_args()
     rows_per_source = 500 if args.quick else 5_000
     total = rows_per_source * len(COUNTRIES)
