@@ -275,11 +275,12 @@ def main() -> None:
             baseline = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8)
             records, _, window_start, window_end = dashboards.finish()
         baseline_requests = request_figures(records, window_start, window_end)
-        stack.wait_until_settled()
+        # Counted before the dashboards start: under their load the API may not answer the observer for a while.
+        settled = stack.wait_until_settled()
         say(f"loaded: {args.dashboards} dashboards, simulator at {args.rate:g} rows/s for {seconds:g}s...")
         with Dashboards(stack.port, args.dashboards, sources_panel=sources_panel) as dashboards:
             time.sleep(WARM_UP_SECONDS)
-            loaded = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8)
+            loaded = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8, settled_counts=settled)
             records, lags, window_start, window_end = dashboards.finish()
         loaded_requests = request_figures(records, window_start, window_end)
     metrics, metrics_baseline = loaded_requests.get(METRICS, {}), baseline_requests.get(METRICS, {})
@@ -298,6 +299,7 @@ def main() -> None:
         "metrics_error_rate": metrics.get("error_rate"), "metrics_errors": metrics.get("errors"),
         "metrics_share_304": metrics.get("share_304"),
         "other_urls": {kind: figures for kind, figures in loaded_requests.items() if kind != METRICS},
+        "other_urls_baseline": {kind: figures for kind, figures in baseline_requests.items() if kind != METRICS},
         "client_tick_lag_p99_ms": round(percentile(lags, 0.99) * 1000, 1) if lags else None,
         **{f"{name}_loaded": value for name, value in loaded.items()},
         **{f"{name}_baseline": value for name, value in baseline.items()},

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -252,9 +253,11 @@ class Stack(Processes):
                                    f"{self.log_path}")
             time.sleep(0.5)
 
-    def freshness(self, sources: SourceDatabases, *, rate: float, seconds: float, seed: int) -> dict:
-        """Feed the sources `rate` rows/s for `seconds` and observe every new row's delays (FreshnessObserver)."""
-        observer = FreshnessObserver(self)
+    def freshness(self, sources: SourceDatabases, *, rate: float, seconds: float, seed: int,
+                  settled_counts: dict[str, int] | None = None) -> dict:
+        """Feed the sources `rate` rows/s for `seconds` and observe every new row's delays (FreshnessObserver).
+        `settled_counts`: the API's counts before the feed, if known (from wait_until_settled)."""
+        observer = FreshnessObserver(self, settled_counts)
         simulator = self.start(sources.simulate(rate=rate, seconds=seconds, seed=seed), env=self.env)
         observer.observe_while(lambda: simulator.poll() is None)
         self.finish(simulator)
@@ -264,35 +267,42 @@ class Stack(Processes):
 class FreshnessObserver:
     """For every row a source commits from the observer's creation on: the delay from its `created_at` (set by the
     source at insert, on the same server clock) to its presence in the warehouse (new rows polled every 50 ms), and
-    to its presence in the API (GET /api/v1/countries/: a row counts as served once its country's n_students
-    reaches the row's rank among that country's new rows). The 50 ms period bounds the bias. Also kept, to tell
-    waiting from working: the delay to the start of the transaction that loaded each row (its loaded_at)."""
+    to its presence in the API (GET /api/v1/countries/ polled every 50 ms in a thread of its own, so that a slow API
+    never delays the warehouse's observation: a row counts as served at the first answer where its country's
+    n_students reaches the row's rank, by created_at, among that country's new rows). The 50 ms period bounds the
+    bias. Also kept, to tell waiting from working: the delay to the start of the transaction that loaded each row
+    (its loaded_at)."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, settled_counts: dict[str, int] | None = None) -> None:
         from django.db import connection
 
         self.stack = stack
         self.cursor = connection.cursor()
         self.cursor.execute("SELECT coalesce(max(id), 0) FROM ingestion_student")
         self.last_id = self.cursor.fetchone()[0]
-        self.base_counts = stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
+        self.base_counts = settled_counts or stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
         self.started_at = time.time()
         self.warehouse_delays: list[float] = []
         self.load_start_delays: list[float] = []
-        self.api_delays: list[float] = []
         self.created_by_country: dict[str, list[float]] = defaultdict(list)  # epochs of the new rows
-        self.served_by_country: dict[str, int] = defaultdict(int)  # how many of them the API counts
-        self.api_failures = 0  # observations the API did not answer in time (the next one catches up)
+        self.api_answers: list[tuple[float, dict[str, int]]] = []  # (epoch, students per country)
+        self.api_failures = 0  # observations the API did not answer in time (a later one catches up)
 
     def observe_while(self, running) -> None:
         """Observe while `running()` is true, then DRAIN_SECONDS more."""
+        stop = threading.Event()
+        api_thread = threading.Thread(target=self._observe_api, args=(stop,), name="api-observer", daemon=True)
+        api_thread.start()
         drain_until = None
-        while drain_until is None or time.monotonic() < drain_until:
-            if drain_until is None and not running():
-                drain_until = time.monotonic() + DRAIN_SECONDS
-            self._observe_warehouse()
-            self._observe_api()
-            time.sleep(OBSERVE_EVERY_SECONDS)
+        try:
+            while drain_until is None or time.monotonic() < drain_until:
+                if drain_until is None and not running():
+                    drain_until = time.monotonic() + DRAIN_SECONDS
+                self._observe_warehouse()
+                time.sleep(OBSERVE_EVERY_SECONDS)
+        finally:
+            stop.set()
+            api_thread.join()
 
     def _observe_warehouse(self) -> None:
         now = time.time()
@@ -307,34 +317,42 @@ class FreshnessObserver:
                 self.load_start_delays.append(float(loaded) - created)
                 self.created_by_country[country].append(created)
 
-    def _observe_api(self) -> None:
-        try:
-            counts = self.stack.api_counts()
-        except OSError:  # timeouts included: an overloaded server delays the figure, it does not end the run
-            self.api_failures += 1
-            return
-        now = time.time()
-        for code, count in counts.items():
-            new_rows = sorted(self.created_by_country[code])
-            already = self.served_by_country[code]
-            reached = min(max(count - self.base_counts.get(code, 0), 0), len(new_rows))
-            self.api_delays.extend(now - created for created in new_rows[already:reached])
-            self.served_by_country[code] = max(already, reached)
+    def _observe_api(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                counts = self.stack.api_counts()
+            except OSError:  # timeouts included: an overloaded server delays the figure, it does not end the run
+                self.api_failures += 1
+            else:
+                self.api_answers.append((time.time(), counts))
+            stop.wait(OBSERVE_EVERY_SECONDS)
+
+    def api_delays(self) -> list[float]:
+        delays = []
+        for code, created in self.created_by_country.items():
+            created = sorted(created)
+            served = 0
+            for answered_at, counts in self.api_answers:
+                reached = min(max(counts.get(code, 0) - self.base_counts.get(code, 0), 0), len(created))
+                delays.extend(answered_at - row_created for row_created in created[served:reached])
+                served = max(served, reached)
+        return delays
 
     def figures(self) -> dict:
         def seconds(values, q):
             value = percentile(values, q)
             return None if value is None else round(value, 3)
 
+        api_delays = self.api_delays()
         return {
             "rows_observed": len(self.warehouse_delays),
             "warehouse_p50_s": seconds(self.warehouse_delays, 0.5),
             "warehouse_p99_s": seconds(self.warehouse_delays, 0.99),
             "load_started_p50_s": seconds(self.load_start_delays, 0.5),
             "load_started_p99_s": seconds(self.load_start_delays, 0.99),
-            "api_rows_observed": len(self.api_delays),
-            "api_p50_s": seconds(self.api_delays, 0.5),
-            "api_p99_s": seconds(self.api_delays, 0.99),
+            "api_rows_observed": len(api_delays),
+            "api_p50_s": seconds(api_delays, 0.5),
+            "api_p99_s": seconds(api_delays, 0.99),
             "api_observations_failed": self.api_failures,
         }
 
