@@ -20,8 +20,9 @@ the first second and run in a few client processes (asyncio streams, one task pe
 
 Reported for the loaded phase, over the requests started after a warm-up (page load): per URL the request rate
 achieved, p50/p99 latency of the answers, error rate (timeouts, failed connections, statuses other than 200/304)
-and the share of 304s; the clients' tick lag p99 (how late a tick started: a large one means the clients, not the
-server, were short of CPU); then the freshness figures of both phases and their ratios (loaded / baseline).
+and the share of 304s; the clients' tick lag p99 (how late the clients woke a dashboard up for its tick: a large one
+means the clients, not only the server, were short of CPU); then the freshness figures of both phases and their
+ratios (loaded / baseline).
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ class Dashboard:
                 await asyncio.sleep(0.2)
 
 
-def dashboards_process(port: int, indices: list[int], seed: int, sources_panel: bool, stop, results) -> None:
-    """A client process: its share of the dashboards until `stop` is set; puts (records, tick lags) on `results`."""
+def dashboards_process(port: int, indices: list[int], seed: int, sources_panel: bool, ready, stop, results) -> None:
+    """A client process: says it is `ready` (imports done), runs its share of the dashboards until `stop` is set,
+    then puts (records, tick lags) on `results`."""
 
     async def main():
         records: list = []
@@ -184,6 +186,7 @@ def dashboards_process(port: int, indices: list[int], seed: int, sources_panel: 
                                for d, index in zip(dashboards, indices)))
         return records, [lag for d in dashboards for lag in d.tick_lags]
 
+    ready.put(None)
     results.put(asyncio.run(main()))
 
 
@@ -196,14 +199,16 @@ class Dashboards:
         self.context = multiprocessing.get_context("spawn")
 
     def __enter__(self):
-        self.stop, self.results = self.context.Event(), self.context.Queue()
+        self.ready, self.stop, self.results = self.context.Queue(), self.context.Event(), self.context.Queue()
         shares = [list(range(self.count))[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
         self.processes = [self.context.Process(target=dashboards_process, daemon=True,
-                                               args=(self.port, share, self.seed, self.sources_panel, self.stop,
-                                                     self.results))
+                                               args=(self.port, share, self.seed, self.sources_panel, self.ready,
+                                                     self.stop, self.results))
                           for share in shares if share]
         for process in self.processes:
             process.start()
+        for _ in self.processes:  # a spawned interpreter takes a while to import, more on a busy machine
+            self.ready.get(timeout=120)
         self.started_at = time.time()
         return self
 
