@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,10 +29,18 @@ def _with_database(url: str, database: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + database
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def bench_environment():
     """Services up, a fresh `pisa_bench` warehouse migrated, Django set up; the warehouse dropped on the way out."""
     from pisa_site import embedded
+
+    # Without a handler, SIGTERM (from make, a CI runner, a colleague) would end the benchmark on the spot, leaving
+    # its worker processes and the embedded servers behind; as SystemExit it runs every cleanup on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pisa_site.settings")
     os.environ.update(embedded.environment_for_running_services())

@@ -53,10 +53,6 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - _STARTED:7.1f}s] {message}", flush=True)
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def child_environment(**overrides: str) -> dict[str, str]:
     """The benchmark's environment (bench warehouse, Redis databases) for a child: this checkout's code first, the
     venv's commands on PATH (the Procfile says `celery`, `gunicorn`), quieter logs unless LOG_LEVEL says otherwise."""
@@ -88,7 +84,7 @@ def get_json(url: str, timeout: float = 5.0):
 
 class Processes:
     """Child processes in sessions of their own, with their output in one log file; all stopped on exit, also after
-    a Ctrl-C or a SIGTERM."""
+    a Ctrl-C or a SIGTERM (bench_environment turns SIGTERM into SystemExit)."""
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
@@ -96,19 +92,17 @@ class Processes:
 
     def __enter__(self):
         self.log = open(self.log_path, "wb")
-        # Without a handler, SIGTERM (from make, a CI runner) would end the benchmark without its cleanup.
-        self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        # A second Ctrl-C must not interrupt the cleanup half-way and leave processes behind.
-        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C or SIGTERM must not interrupt the cleanup half-way and leave processes behind.
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.stop(*reversed(self.started))
         finally:
             self.log.close()
-            signal.signal(signal.SIGINT, previous_sigint)
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def start(self, args: list[str], *, env: dict | None = None) -> subprocess.Popen:
         process = subprocess.Popen(args, cwd=ROOT, env=env or child_environment(), stdout=self.log,
@@ -268,21 +262,27 @@ class Stack(Processes):
 
 
 class FreshnessObserver:
-    """For every row a source commits from the observer's creation on: the delay from its `created_at` (set by the
-    source at insert, on the same server clock) to its presence in the warehouse (new rows polled every 50 ms), and
-    to its presence in the API (GET /api/v1/countries/ polled every 50 ms in a thread of its own, so that a slow API
-    never delays the warehouse's observation: a row counts as served at the first answer where its country's
-    n_students reaches the row's rank, by created_at, among that country's new rows). The 50 ms period bounds the
-    bias. Also kept, to tell waiting from working: the delay to the start of the transaction that loaded each row
-    (its loaded_at)."""
+    """For every row a source commits from the observer's creation on, the delay from its `created_at` (set by the
+    source at insert, on the same server clock)
+
+    - to its presence in the warehouse, polled every 50 ms: per source, the rows after the highest source row id
+      seen so far (a source is synced by one worker at a time, in id order; the warehouse's own ids would not do,
+      as two loads commit in any order);
+    - to its presence in the API: GET /api/v1/countries/ polled every 50 ms in a thread of its own (a slow API never
+      delays the warehouse's figures); a row counts as served at the first answer where its country's n_students
+      reaches the row's rank, by created_at, among that country's new rows.
+
+    The 50 ms period bounds the bias. Also kept, to tell waiting from working: the delay to the start of the
+    transaction that loaded each row (its loaded_at)."""
 
     def __init__(self, stack: Stack, settled_counts: dict[str, int] | None = None) -> None:
         from django.db import connection
 
         self.stack = stack
         self.cursor = connection.cursor()
-        self.cursor.execute("SELECT coalesce(max(id), 0) FROM ingestion_student")
-        self.last_id = self.cursor.fetchone()[0]
+        self.cursor.execute("SELECT s.id, (SELECT coalesce(max(source_row_id), 0) FROM ingestion_student "
+                            "WHERE source_id = s.id) FROM ingestion_source s")
+        self.last_row_by_source: dict[int, int] = dict(self.cursor.fetchall())
         self.base_counts = settled_counts or stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
         self.started_at = time.time()
         self.warehouse_delays: list[float] = []
@@ -309,11 +309,13 @@ class FreshnessObserver:
 
     def _observe_warehouse(self) -> None:
         now = time.time()
-        self.cursor.execute("SELECT id, country, extract(epoch from source_created_at), "
-                            "extract(epoch from loaded_at) FROM ingestion_student WHERE id > %s ORDER BY id",
-                            [self.last_id])
-        for row_id, country, created, loaded in self.cursor.fetchall():
-            self.last_id = row_id
+        self.cursor.execute(
+            "SELECT s.source_id, st.source_row_id, st.country, extract(epoch from st.source_created_at), "
+            "extract(epoch from st.loaded_at) FROM unnest(%s::bigint[], %s::bigint[]) AS s(source_id, last_row) "
+            "JOIN ingestion_student st ON st.source_id = s.source_id AND st.source_row_id > s.last_row",
+            [list(self.last_row_by_source), list(self.last_row_by_source.values())])
+        for source_id, source_row_id, country, created, loaded in self.cursor.fetchall():
+            self.last_row_by_source[source_id] = max(self.last_row_by_source[source_id], source_row_id)
             created = float(created)
             if created >= self.started_at:
                 self.warehouse_delays.append(now - created)
@@ -347,8 +349,12 @@ class FreshnessObserver:
             return None if value is None else round(value, 3)
 
         api_delays = self.api_delays()
+        self.cursor.execute("SELECT count(*) FROM ingestion_student WHERE country = ANY(%s) "
+                            "AND source_created_at >= to_timestamp(%s)", [COUNTRIES, self.started_at])
         return {
             "rows_observed": len(self.warehouse_delays),
+            # Rows in the warehouse the observer never saw: 0 unless the one-sync-per-source rule was broken.
+            "rows_not_observed": self.cursor.fetchone()[0] - len(self.warehouse_delays),
             "warehouse_p50_s": seconds(self.warehouse_delays, 0.5),
             "warehouse_p99_s": seconds(self.warehouse_delays, 0.99),
             "load_started_p50_s": seconds(self.load_start_delays, 0.5),
