@@ -26,6 +26,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
+
 from bench.common import ROOT, percentile
 
 COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
@@ -121,21 +123,34 @@ class Processes:
         self.finish(self.start(args, env=env))
 
     def stop(self, *processes: subprocess.Popen) -> None:
-        """SIGTERM to each process at once (to the leader only: a Celery worker then finishes its running task, and
-        gunicorn its requests, before stopping their children), then SIGKILL to whatever of each process group
-        (pool children, gunicorn workers) lingers after STOP_TIMEOUT_SECONDS."""
+        """SIGTERM to each process still running, at once (to the leader only: a Celery worker then finishes its
+        running task, and gunicorn its requests, before stopping their children), then SIGKILL to whatever of its
+        process group (pool children, gunicorn workers) lingers after STOP_TIMEOUT_SECONDS."""
+        stopping_at = time.time()
         for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
+            if process.poll() is None:  # never signal a pid already reaped: it may belong to someone else by now
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for process in processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # members that outlived their leader, or a stuck leader
+            for member in _group_members(process.pid, created_before=stopping_at):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.kill()  # psutil checks that the pid is still that very process
             process.wait()
             if process in self.started:
                 self.started.remove(process)
+
+
+def _group_members(group: int, *, created_before: float) -> list[psutil.Process]:
+    """The processes of a process group that already existed at `created_before` (a group id left free could be
+    taken by an unrelated process later)."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == group and process.create_time() <= created_before:
+                members.append(process)
+    return members
 
 
 class SourceDatabases:

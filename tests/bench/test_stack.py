@@ -17,3 +17,23 @@ def test_the_stack_runs_the_procfiles_own_command_lines():
     commands = procfile_commands()
     assert {"web", "ingest", "metrics", "beat"} <= set(commands)
     assert commands["web"].startswith("gunicorn ") and "${WEB_THREADS:-8}" in commands["web"]
+
+
+def test_stopping_a_process_also_ends_what_its_group_left_behind(tmp_path):
+    import sys
+    import time
+
+    import psutil
+
+    from bench.stack import Processes
+
+    leader_code = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    with Processes(tmp_path / "log") as processes:
+        leader = processes.start([sys.executable, "-c", leader_code])
+        deadline = time.monotonic() + 10
+        while not psutil.Process(leader.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = psutil.Process(leader.pid).children()
+        processes.stop(leader)  # SIGTERM ends the leader at once; its child would live on
+        assert leader.returncode is not None and not processes.started
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
