@@ -21,33 +21,39 @@ import time
 import psutil
 
 from bench.common import ROOT, bench_environment, report
+from bench.stack import COUNTRIES, SourceDatabases, backfill
 
-COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
 INSERT_BATCH = 1000
-MEMORY_SAMPLE_SECONDS = 0.2
+DEFAULT_WORKERS = 2
 
 
-def provision(rows_per_source: int) -> dict:
-    """20 real source databases with `rows_per_source` synthetic students each, registered as sources."""
+def student_factory(seed: int = 2018):
+    """The simulator's factory of realistic students (from the shared PISA sample), serials counted in memory."""
     from django.conf import settings
 
-    from simulator.schema import server_url_of, url_template_on
     from simulator.selectors import codebook_specs
-    from simulator.services import responses_insert, source_provision
     from simulator.students import StudentFactory
 
-    specs = codebook_specs()
     shared = settings.PISA_SHARED_DIR / "pisa2018"
-    factory = StudentFactory(seed=2018, specs=specs, sample_path=shared / "students_sample.csv",
-                             country_means_path=shared / "oecd_2018_country_means.csv")
-    template = url_template_on(server_url_of(settings.DATABASE_URL), database="pisa_bench_src_{code}")
+    return StudentFactory(seed=seed, specs=codebook_specs(), sample_path=shared / "students_sample.csv",
+                          country_means_path=shared / "oecd_2018_country_means.csv")
+
+
+def provision(rows_per_source: int, *, url_template: str, created_at=None) -> dict:
+    """20 real source databases (`url_template` with {code}) with `rows_per_source` synthetic students each,
+    registered as sources; `created_at` for every row instead of the time of the insert."""
+    from simulator.selectors import codebook_specs
+    from simulator.services import responses_insert, source_provision
+
+    specs = codebook_specs()
+    factory = student_factory()
     handles = {}
     for code in COUNTRIES:
-        handle = source_provision(code=code, name=code, url_template=template, specs=specs, style="typed")
+        handle = source_provision(code=code, name=code, url_template=url_template, specs=specs, style="typed")
         with handle.engine.begin() as connection:
             connection.exec_driver_sql("TRUNCATE responses RESTART IDENTITY")
         for start in range(0, rows_per_source, INSERT_BATCH):
-            responses_insert(engine=handle.engine, table=handle.table,
+            responses_insert(engine=handle.engine, table=handle.table, created_at=created_at,
                              rows=factory.students(code, min(INSERT_BATCH, rows_per_source - start)))
         handles[code] = handle
         print(f"  source {code}: {rows_per_source:,} rows", flush=True)
@@ -102,46 +108,27 @@ def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
     """Seconds until the warehouse holds every row, with `workers` Celery worker processes; peak RSS per process."""
     import os
 
-    from django.db.models import Sum
-
-    from ingestion.models import SourceState, Student
-    from ingestion.tasks import fan_out
-
-    def loaded() -> int:
-        # The sources' own counters, not count(*) over the warehouse: scanning 100,000 wide rows five times a second
-        # would load the machine and slow down the very pipeline being measured.
-        return SourceState.objects.aggregate(rows=Sum("rows_loaded"))["rows"] or 0
-
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "pisa_site", "worker", "--queues", "ingestion", "--concurrency",
-         str(workers), "--hostname", "bench@%h", "--loglevel", os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"), "--without-gossip", "--without-mingle"],
+         str(workers), "--hostname", "bench@%h", "--loglevel", os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
+         "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=env)
     from pisa_site.celery import app
 
-    while not app.control.ping(destination=[f"bench@{os.uname().nodename}"], timeout=0.5):
-        time.sleep(0.2)
     peaks: dict[int, float] = {}
+
+    def sample_memory() -> None:
+        for child in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                peaks[child.pid] = max(peaks.get(child.pid, 0.0), child.memory_info().rss / 2**20)
+            except psutil.NoSuchProcess:
+                pass
+
     try:
-        started = time.perf_counter()
-        last_fan_out = 0.0
-        while loaded() < total:
-            now = time.perf_counter()
-            if now - last_fan_out >= 1.0:  # what beat does
-                fan_out()
-                last_fan_out = now
-            for child in psutil.Process(worker.pid).children(recursive=True):
-                try:
-                    peaks[child.pid] = max(peaks.get(child.pid, 0.0), child.memory_info().rss / 2**20)
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(MEMORY_SAMPLE_SECONDS)
-            if now - started > 3600:
-                raise TimeoutError("the pipeline did not finish within an hour")
-        elapsed = time.perf_counter() - started
-        if Student.objects.count() != total:
-            raise RuntimeError(f"the warehouse holds {Student.objects.count():,} students, expected {total:,}")
-        return elapsed, peaks
+        while not app.control.ping(destination=[f"bench@{os.uname().nodename}"], timeout=0.5):
+            time.sleep(0.2)
+        return backfill(total, while_waiting=sample_memory), peaks
     finally:
         worker.terminate()
         worker.wait()
@@ -150,13 +137,13 @@ def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="500 rows per source instead of 5,000")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (and pipe streams)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes (and pipe streams)")
     args = parser.parse_args()
     rows_per_source = 500 if args.quick else 5_000
     total = rows_per_source * len(COUNTRIES)
-    with bench_environment():
+    with bench_environment(), SourceDatabases("pisa_bench_src_") as sources:
         print(f"provisioning {len(COUNTRIES)} sources...", flush=True)
-        handles = provision(rows_per_source)
+        handles = provision(rows_per_source, url_template=sources.template)
         print("pipe (baseline)...", flush=True)
         pipe_seconds = copy_pipe(handles, args.workers)
         print("pipeline...", flush=True)
