@@ -2,6 +2,7 @@
 the baseline measured in the same run, the ratio, the target, the machine and the command that reproduces it.
 
     .venv/bin/python -m bench.report          # `make bench` runs it after the benchmarks
+    BENCH_NOTE="..." .venv/bin/python -m bench.report    # with a note on the conditions of the runs
 
 A full run is preferred to a `--quick` one of the same benchmark, whichever is newer; a quick figure says so.
 """
@@ -9,6 +10,7 @@ A full run is preferred to a `--quick` one of the same benchmark, whichever is n
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,8 @@ def render(runs: dict[str, dict]) -> str:
         "reproduces it.",
         "",
     ]
+    if note := os.environ.get("BENCH_NOTE"):  # what the figures cannot show by themselves, e.g. a loaded machine
+        head += [f"**Note.** {note}", ""]
     if not names:
         head.append("No benchmark has run yet: `make bench` (or `make bench BENCH_ARGS=--quick`).\n")
     return "\n".join(head) + "\n".join(section(name, runs[name]) for name in names)
