@@ -77,7 +77,7 @@ def render(runs: dict[str, dict]) -> str:
         "",
     ]
     if note := os.environ.get("BENCH_NOTE"):  # what the figures cannot show by themselves, e.g. a loaded machine
-        head += [f"**Note.** {note}", ""]
+        head += [f"**Note.** {note}", "", ""]
     if not names:
         head.append("No benchmark has run yet: `make bench` (or `make bench BENCH_ARGS=--quick`).\n")
     return "\n".join(head) + "\n".join(section(name, runs[name]) for name in names)
