@@ -45,6 +45,25 @@ def _clean_cache():
     client.close()
 
 
+def codebook_editors_group():
+    """The "Codebook editors" group, as its migration creates it. A transactional test elsewhere in the suite flushes
+    the database, which takes the migration's group with it (permissions are recreated by the flush, groups not)."""
+    import importlib
+
+    from django.contrib.auth.models import Group, Permission
+
+    migration = importlib.import_module("codebook.migrations.0002_codebook_editors_group")
+    group, created = Group.objects.get_or_create(name=migration.EDITORS_GROUP)
+    if not created:  # the migration's own group, untouched: what the tests of its permissions check
+        return group
+    group.permissions.set([
+        Permission.objects.get(content_type__app_label="codebook", content_type__model=model,
+                               codename=f"{action}_{model}")
+        for model, action in migration.EDITOR_PERMISSIONS
+    ])
+    return group
+
+
 def subprocess_env(**overrides: str) -> dict[str, str]:
     """The environment a child process of the product needs to see what this test sees: the *test* database."""
     db = settings.DATABASES["default"]

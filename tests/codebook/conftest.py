@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 
 from codebook.services import codebook_load_file
-from tests.conftest import shared_path
+from tests.conftest import codebook_editors_group, shared_path
 
 COLUMNS = ["variable", "label", "format_spss", "value_labels", "na_values", "na_range"]
 
@@ -82,7 +81,7 @@ def shared_codebook(db, shared_codebook_path, django_capture_on_commit_callbacks
 def editor(db, django_user_model):
     """A member of staff in the "Codebook editors" group (not a superuser)."""
     user = django_user_model.objects.create_user(username="editor", password="editor-password", is_staff=True)
-    user.groups.add(Group.objects.get(name="Codebook editors"))
+    user.groups.add(codebook_editors_group())
     return user
 
 

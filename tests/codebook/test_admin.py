@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
 from django.urls import reverse
 
 from codebook.models import LabelEdit, ValueLabel, Variable
+from tests.conftest import codebook_editors_group
 
 
 def change_url(variable: Variable) -> str:
@@ -34,7 +34,7 @@ def change_form(variable: Variable, label: str | None = None, value_labels: dict
 
 
 def test_the_editors_group_may_edit_labels_and_view_the_rest_of_the_codebook(db):
-    group = Group.objects.get(name="Codebook editors")
+    group = codebook_editors_group()
     assert sorted(group.permissions.values_list("content_type__app_label", "codename")) == [
         ("codebook", "change_valuelabel"), ("codebook", "change_variable"), ("codebook", "view_labeledit"),
         ("codebook", "view_valuelabel"), ("codebook", "view_variable")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -17,6 +16,7 @@ from ingestion.models import Source
 from ingestion.services import source_register
 from tests.codebook.conftest import small_codebook, write_codebook_csv  # noqa: F401  (fixtures)
 from tests.codebook.test_admin import change_form, change_url
+from tests.conftest import codebook_editors_group
 
 SOURCE_URL = "postgresql://reader:pw-for-access-tests@db.example:5432/pisa_alb"
 EDITABLE_ELSEWHERE = [model for model in admin.site._registry if model._meta.app_label != "codebook"]
@@ -29,7 +29,7 @@ def admin_url(model, view: str, *args) -> str:
 @pytest.fixture
 def editor(db, django_user_model):
     user = django_user_model.objects.create_user(username="editor", password="editor-password-4417", is_staff=True)
-    user.groups.add(Group.objects.get(name="Codebook editors"))
+    user.groups.add(codebook_editors_group())
     return user
 
 
@@ -139,7 +139,7 @@ def test_staff_outside_the_group_see_an_empty_admin_and_cannot_edit_labels(small
 def test_the_editors_group_alone_does_not_open_the_admin(small_codebook, client, django_user_model, flags):
     user = django_user_model.objects.create_user(username="someone", password="someone-password-4417",
                                                  **{"is_staff": True, **flags})
-    user.groups.add(Group.objects.get(name="Codebook editors"))
+    user.groups.add(codebook_editors_group())
     client.login(username="someone", password="someone-password-4417")
     gender = Variable.objects.get(name="ST004D01T")
     response = client.post(change_url(gender), change_form(gender, label="Gender"))
