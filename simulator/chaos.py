@@ -575,6 +575,9 @@ class ChaosRun:
     # --- 7. updates and deletes ---
     def update_delete(self, source: Source) -> None:
         victims = [self.duplicate[0]] if self.duplicate else []
+        # The rows the victim superseded: one of them becomes the student again, unless all are gone or quarantined.
+        superseded = set(DuplicateStudent.objects.filter(source=source, kept_row_id__in=victims)
+                         .values_list("superseded_row_id", flat=True))
         handle = self._open(source)
         try:
             updated = injection_update(handle=handle, count=UPDATED_ROWS)
@@ -603,7 +606,12 @@ class ChaosRun:
         self.say(f"the pipeline removed the deleted rows and reloaded the {len(before)} updated rows it held in "
                  f"{seconds:.1f} s (updates are found by its content reconciliation, which a PostgreSQL source's "
                  "update counter triggers)")
-        if self.duplicate:
+        heirs = (superseded - set(deleted_ids)
+                 - set(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True)))
+        if self.duplicate and not heirs:
+            self.say(f"the rows CNTSTUID {self.duplicate[1]} superseded were deleted or quarantined as well: no "
+                     "student of it is expected")
+        elif self.duplicate:
             _, cntstuid = self.duplicate
             heir = Student.objects.filter(source=source, cntstuid=cntstuid).exclude(source_row_id__in=victims)
             self.wait_for(heir.exists, timeout=self.plan.step_timeout_seconds,
