@@ -10,7 +10,13 @@ figures). Targets: a 304 at least 0.8 of the constant view; a 200 at least 0.8 o
 The machine is shared, so its load drifts while the bench runs: after a warm-up of every case, the cases are measured
 in short slices, each view right after (or before) its baseline, the order reversed every other round (A B B' A'
 then A' B' B A), and each ratio is taken between the two adjacent slices of a round; the figures reported are medians
-over the rounds.
+over the rounds. Beside requests/s, the gunicorn workers' CPU time per request (from /proc, during each slice) and its
+ratio, which the other work on the machine disturbs less.
+
+Both views sit behind the same middleware. The baselines are outside CORS_URLS_REGEX (/api/), so they skip the CORS
+middleware's work (reading the request headers, adding `Vary: Origin`) that the metrics URL does; that cost is
+counted against the metrics view. bench/urls.py splices the project's URL patterns (no include level the production
+URLconf does not have) after the two baselines.
 """
 
 from __future__ import annotations

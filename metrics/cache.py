@@ -7,9 +7,9 @@ one those versions give and answers `304 Not Modified`, or sends bytes cached fo
 the per-country documents only the first time a combination is asked for.
 
 The bound: a snapshot is used until `METRICS_VERSIONS_CACHE_SECONDS` after the moment its read was *sent*, so a
-document published at time t is in every process's ETags by t + METRICS_VERSIONS_CACHE_SECONDS; a 304 for a changed
-document is never sent later than that. A publish or removal made by a process clears that process's snapshot at
-once.
+request handled at time r uses a snapshot read after r - METRICS_VERSIONS_CACHE_SECONDS, which holds every publish
+completed before that: a 304 for a changed document is never sent more than METRICS_VERSIONS_CACHE_SECONDS after
+the publish. A publish or removal made by a process clears that process's snapshot at once.
 """
 
 from __future__ import annotations

@@ -236,8 +236,8 @@ def _weighted_quantiles(
     the window (summed over the smaller side). The window is checked to hold every column's crossing (weight below
     it < target <= weight up to its end) and widened until it does, so the answer is the one a running sum over all
     students gives. Only float rounding differs (these sums are added in another order), which could matter only
-    where F(x) equals p to within about 1e-15 relative; sums that are exact in floating point (the test's equal
-    weights, where F hits p exactly) give exactly the same answer.
+    where F(x) equals p to within the rounding of a sum of n floats (at most ~n * 1e-16 relative); sums that are
+    exact in floating point (the test's equal weights, where F hits p exactly) give exactly the same answer.
     """
     n = len(scores)
     if n == 0:
