@@ -96,6 +96,10 @@ class StepFailed(RuntimeError):
     """The pipeline did not do what a step waits for within its deadline."""
 
 
+class StackBroken(StepFailed):
+    """A process of the stack (an ingest worker, beat) exited during the scenario: nothing after can be trusted."""
+
+
 class StepSkipped(RuntimeError):
     """A step that cannot be done here (an external Redis); the message says why."""
 
@@ -330,6 +334,8 @@ class ChaosRun:
             self._run_step("settle", self.settle)
             self._run_step("verify", self.verify)
             self._run_step("metrics-verify", self.metrics_verify)
+        except StackBroken:
+            self.say("The scenario stops: a process of the stack is gone (see its log); start the stack again")
         finally:
             simulator_control_set(paused=was_paused)
             self.say(f"The simulator is {'paused again' if was_paused else 'feeding the sources again'}")
@@ -352,6 +358,8 @@ class ChaosRun:
         except StepFailed as exc:
             self.step.status = "failed"
             self.say(f"FAILED: {exc}")
+            if isinstance(exc, StackBroken):
+                raise
         except Exception as exc:  # noqa: BLE001 - a fault that broke the scenario itself: report it and go on
             self.step.status = "failed"
             self.say(f"FAILED: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
@@ -361,11 +369,22 @@ class ChaosRun:
             close_old_connections()
 
     def wait_for(self, condition: Callable[[], object], *, timeout: float, what: str) -> float:
-        """Wait until `condition()` is true; the seconds it took. StepFailed after `timeout`."""
-        seconds = poll_until(condition, timeout=timeout)
+        """Wait until `condition()` is true; the seconds it took. StepFailed after `timeout`, StackBroken as soon as
+        a worker or beat has exited (waiting on would only run out every later step's deadline too)."""
+        def stack_alive_and_condition() -> object:
+            self._check_stack()
+            return condition()
+
+        seconds = poll_until(stack_alive_and_condition, timeout=timeout)
         if seconds is None:
             raise StepFailed(f"{what}: not after {timeout:g} s")
         return seconds
+
+    def _check_stack(self) -> None:
+        for role, processes in (("ingest worker", self.stack.ingest_workers), ("beat", self.stack.beat)):
+            for process in processes:
+                if not _is_alive(process):
+                    raise StackBroken(f"the {role} pid {process.pid} exited during the scenario")
 
     def _open(self, source: Source) -> SourceHandle:
         return source_open(source)
@@ -386,6 +405,7 @@ class ChaosRun:
         running = None
         began = time.monotonic()
         while running is None:
+            self._check_stack()
             if time.monotonic() - began > self.plan.step_timeout_seconds:
                 raise StepFailed(f"no sync of {source.code} seen running within {self.plan.step_timeout_seconds:g} s")
             done = loaded()
@@ -707,6 +727,13 @@ def _summary(verification: Verification) -> str:
     from ingestion.management.commands.verify import describe
 
     return "verify " + describe(verification.total)
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def poll_until(condition: Callable[[], object], *, timeout: float) -> float | None:

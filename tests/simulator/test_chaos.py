@@ -3,6 +3,7 @@ real PostgreSQL, and a Redis of the test's own that the scenario stops and start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from ingestion.models import Source
 from ingestion.verification import sources_to_verify, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site.embedded import EmbeddedRedis
-from simulator.chaos import poll_until
+from simulator.chaos import QUICK, ChaosRun, Stack, poll_until
 from simulator.models import Injection
 from simulator.services import source_provision
 from tests.conftest import ROOT, subprocess_env
@@ -105,14 +106,19 @@ def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_sta
     redis_pid = own_redis.pid()
     report_path = tmp_path / "chaos.json"
 
-    run = subprocess.run(
+    chaos = subprocess.Popen(
         [sys.executable, "manage.py", "chaos", "--quick", "--outage", "2", "--redis-down", "0.5", "--late-hold", "1",
          "--backlog", "2500", "--json", str(report_path)],
-        cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=CHAOS_TIMEOUT)
+        cwd=ROOT, env=subprocess_env(**env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        output, _ = chaos.communicate(timeout=CHAOS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        chaos.kill()  # what it printed so far, and the stack's logs, say which step hung and why
+        output = chaos.communicate()[0] + f"\n(chaos still running after {CHAOS_TIMEOUT} s: killed)"
 
-    output = run.stdout + run.stderr
     context = output + "".join(f"\n--- {log.name}:\n{_tail(log)}" for log in sorted(logs.iterdir()))
-    assert run.returncode == 0, context
+    assert chaos.returncode == 0, context
     report = json.loads(report_path.read_text())
     assert [(step["name"], step["status"]) for step in report["steps"]] == [(name, "done") for name in STEPS], context
     assert report["ok"] and report["failures"] == [] and "Outcome: PASS" in output
@@ -161,3 +167,24 @@ def test_chaos_refuses_to_run_without_a_stack_and_says_what_is_missing(own_redis
     assert f"no Celery worker consumes the ingestion queue of the broker {own_redis.url(1)}" in run.stderr
     assert "make run" in run.stderr and "Traceback" not in run.stderr
     assert settings.CELERY_BROKER_URL != own_redis.url(1)  # the suite's own broker was never in question
+
+
+def test_a_worker_that_exits_stops_the_scenario_at_once_and_says_which(specs, pg_url_template):
+    source_provision(code="ALB", name="Albania", url_template=pg_url_template, specs=specs,
+                     style="typed").dispose()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    gone_worker = psutil.Process(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    stack = Stack(broker_url=settings.CELERY_BROKER_URL, ingest_workers=[gone_worker], beat=[psutil.Process()],
+                  simulators=[], embedded_redis=None)
+    lines: list[str] = []
+
+    began = time.monotonic()
+    report = ChaosRun(stack=stack, plan=dataclasses.replace(QUICK, backlog_rows=10), sources=list(Source.objects.all()),
+                      say=lines.append).run()
+
+    assert [(step.name, step.status) for step in report.steps] == [("kill-worker", "failed")]
+    assert f"the ingest worker pid {gone_worker.pid} exited during the scenario" in report.failures[0]
+    assert not report.ok and time.monotonic() - began < QUICK.step_timeout_seconds  # it did not wait out a deadline
+    assert any("The scenario stops" in line for line in lines)
