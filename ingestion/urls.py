@@ -1,7 +1,7 @@
 from django.urls import path
 
-from ingestion.apis import SourceStatusListApi
+from ingestion.apis import source_status_list_fast
 
 urlpatterns = [
-    path("sources/", SourceStatusListApi.as_view(), name="source-status-list"),
+    path("sources/", source_status_list_fast, name="source-status-list"),
 ]

@@ -6,55 +6,17 @@ each time and mostly gets an empty `304 Not Modified`.
 
 from __future__ import annotations
 
-from django.http import HttpResponse, HttpResponseNotModified, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.permissions import AllowAny
-from rest_framework.views import APIView
 
 from metrics import selectors
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
-from pisa_site.api import ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, query_problem
+from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, bad_request,
+                            cached_json, fast_path, method_not_allowed, query_problem)
 
 COUNTRIES_PARAMETER = countries_parameter("Absent or empty: every country with data.")
 COUNTRIES_ONLY = frozenset({"countries"})
-CACHE_CONTROL = "no-cache"
 BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
-
-
-def bad_request(message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=400)
-
-
-def cached_json(request, etag: str, body) -> HttpResponse:
-    # META, not request.headers: that builds a dict of every header on first use, for the one header wanted here.
-    if etag in request.META.get("HTTP_IF_NONE_MATCH", ""):
-        response = HttpResponseNotModified()
-    else:
-        response = HttpResponse(body() if callable(body) else body, content_type="application/json")
-    response["ETag"] = etag
-    response["Cache-Control"] = CACHE_CONTROL
-    return response
-
-
-class PublicApi(APIView):
-    """Read-only, anonymous, no session or CSRF work on the hot path."""
-
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-
-def fast_path(api_class: type[APIView]):
-    """Serve a polled endpoint with a plain Django view (fast path: no DRF request wrapping, content negotiation or
-    permission checks, about 65 us a request) while `api_class`, whose `get` does the same, describes it in the
-    OpenAPI schema (drf-spectacular reads `cls` on the URL's callback)."""
-
-    def decorate(function):
-        function.cls = api_class
-        function.initkwargs = {}
-        function.csrf_exempt = True
-        return function
-
-    return decorate
 
 
 def _query(request) -> str:
@@ -86,7 +48,7 @@ class MetricsApi(PublicApi):
 @fast_path(MetricsApi)
 def metrics_fast(request):
     if request.method != "GET":
-        return JsonResponse({"error": "method not allowed"}, status=405)
+        return method_not_allowed()
     return _metrics(request)
 
 
@@ -166,7 +128,7 @@ def forage_fast(chart: str):
     @fast_path(FORAGE_APIS[chart])
     def view(request):
         if request.method != "GET":
-            return JsonResponse({"error": "method not allowed"}, status=405)
+            return method_not_allowed()
         return _forage(request, chart)
 
     view.initkwargs = {"chart": chart}

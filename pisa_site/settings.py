@@ -264,6 +264,8 @@ INGEST_RECONCILE_SECONDS = env_int("INGEST_RECONCILE_SECONDS", 60)
 INGEST_RECONCILE_MAX_SECONDS = env_int("INGEST_RECONCILE_MAX_SECONDS", 3600)
 # A sync's Redis lock: renewed after every batch, so a source whose worker died (or lost Redis) is free within this.
 INGEST_SYNC_LOCK_SECONDS = env_int("INGEST_SYNC_LOCK_SECONDS", 30)
+# How old each web process's rendering of GET /api/v1/sources/ may be (ingestion/apis.py): every dashboard polls it.
+INGEST_STATUS_CACHE_SECONDS = float(os.environ.get("INGEST_STATUS_CACHE_SECONDS", "0.5"))
 METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)
 # How old each web process's snapshot of the metrics versions may be (metrics/cache.py): the bound on how long after a
 # publish a 304 may still be sent for the old document. A small part of the one-second freshness budget.
