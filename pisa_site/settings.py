@@ -144,12 +144,17 @@ def _redis_db(url: str, db: int) -> str:
 _cache_db = int(urlsplit(REDIS_URL).path.strip("/") or 0)
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _redis_db(REDIS_URL, _cache_db + 1)
 
+# Every Redis client (cache, locks, broker) gives up on a dead or half-open connection after this long, rather than
+# waiting forever; the caller's retry policy takes it from there.
+REDIS_SOCKET_TIMEOUT_SECONDS = float(os.environ.get("REDIS_SOCKET_TIMEOUT_SECONDS", "5"))
 CACHES = {
     "default": {
         "BACKEND": "pisa_site.cache.ReusingRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "pisa",
         "TIMEOUT": 300,
+        "OPTIONS": {"socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS},
     }
 }
 
@@ -244,7 +249,13 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 120)
 # the time a message may wait reserved or in a retry countdown), or a long task would run twice at once.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600),
-    # Survive a Redis restart without a worker restart.
+    # Survive a Redis restart without a worker restart. Without a socket timeout, a worker whose event loop reads its
+    # remote-control (pub/sub) socket after a Redis restart can block in that read forever, alive but consuming
+    # nothing (seen in the chaos test: celery 5.7, kombu 5.7; see celery/celery#2606). With one, the read fails
+    # after REDIS_SOCKET_TIMEOUT_SECONDS, redis-py reconnects and subscribes again, and the worker carries on.
+    # No broker command legitimately blocks that long: kombu's BRPOP waits 1 s and is read only once readable.
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
     "socket_keepalive": True,
     "retry_on_timeout": True,
 }

@@ -18,6 +18,18 @@ def test_messages_outlive_the_longest_task():
     assert longest < visibility
 
 
+def test_every_redis_client_gives_up_on_a_dead_connection_instead_of_waiting_forever():
+    # Without a socket timeout a worker can block for good on a socket left over from before a Redis restart (the
+    # chaos test caught one alive but consuming nothing). The broker's channels, the cache and the locks all get one.
+    from django.core.cache import cache
+
+    with app.connection_for_write() as connection:
+        broker_pool = connection.default_channel.client.connection_pool.connection_kwargs
+    cache_pool = cache._cache.get_client(write=True).connection_pool.connection_kwargs
+    for kwargs in (broker_pool, cache_pool):
+        assert 0 < kwargs["socket_timeout"] <= 10 and 0 < kwargs["socket_connect_timeout"] <= 10
+
+
 def test_delivery_guarantees_are_at_least_once():
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
