@@ -60,6 +60,8 @@ CHAOS_SEED = 8118
 # The simulator reads its control row every tick (0.5 s); a batch it began before the pause may commit after it.
 SIMULATOR_PAUSE_MARGIN_SECONDS = 2.0
 INSPECT_TIMEOUT_SECONDS = 1.0
+# A backlog can finish loading before a kill lands (a fast machine, a small --backlog): try again, twice as large.
+KILL_ATTEMPTS = 3
 BAD_ROWS = 8  # each problem at least twice (the injection cycles through the 3 or 4 the style can hold)
 LATE_ROWS = 5
 UPDATED_ROWS = 5
@@ -391,36 +393,22 @@ class ChaosRun:
 
     # --- 1. SIGKILL mid-batch ---
     def kill_worker(self, source: Source) -> None:
-        handle = self._open(source)
-        try:
-            ids = students_insert(handle=handle, factory=self.factory, specs=self.specs, count=self.plan.backlog_rows)
-        finally:
-            handle.dispose()
+        backlog = self.plan.backlog_rows
+        for attempt in range(1, KILL_ATTEMPTS + 1):
+            ids, landed = self._kill_mid_backlog(source, backlog)
+            if landed is not None:
+                break
+            if attempt == KILL_ATTEMPTS:
+                raise StepFailed(f"each of {KILL_ATTEMPTS} backlogs loaded before a kill could land mid-run: use a "
+                                 "larger --backlog")
+            backlog *= 2
+            self.say(f"the backlog loaded before a kill could land mid-run: again with {backlog:,} rows")
         first, last = min(ids), max(ids)
-        self.say(f"inserted a backlog of {len(ids):,} rows into {source.code} in one transaction (ids {first}-{last})")
+        victim, task_id, _ = landed
 
         def loaded() -> int:
             return Student.objects.filter(source=source, source_row_id__gte=first, source_row_id__lte=last).count()
 
-        running = None
-        began = time.monotonic()
-        while running is None:
-            self._check_stack()
-            if time.monotonic() - began > self.plan.step_timeout_seconds:
-                raise StepFailed(f"no sync of {source.code} seen running within {self.plan.step_timeout_seconds:g} s")
-            done = loaded()
-            if done >= len(ids):
-                raise StepFailed(f"the backlog of {len(ids):,} rows loaded before a kill could land mid-run: "
-                                 "use a larger --backlog")
-            # Mid-run: at least one batch committed, the task still running in a pool process of the stack's.
-            running = self._running_sync(source) if done > 0 else None
-            if running is None:
-                time.sleep(POLL_SECONDS / 5)
-        victim, task_id = running
-        done = loaded()
-        os.kill(victim, signal.SIGKILL)
-        self.say(f"SIGKILL to pool process {victim}, running sync_source({source.code}) (task {task_id}) with "
-                 f"{done:,} of {len(ids):,} backlog rows committed")
         redelivered = []
 
         def recovered() -> bool:
@@ -440,6 +428,44 @@ class ChaosRun:
         else:
             how = f"task {task_id} was not seen running again (a redelivery too quick to catch, or a later sync)"
         self.say(f"recovered: all {len(ids):,} rows loaded {seconds:.1f} s after the kill; {how}")
+
+    def _kill_mid_backlog(self, source: Source, rows: int) -> tuple[list[int], tuple[int, str, int] | None]:
+        """Insert a backlog of `rows` into the source and SIGKILL the pool process syncing it once some but not all of
+        it is committed: (the backlog's ids, (victim pid, task id, rows committed at the kill) or None when the whole
+        backlog was committed before a kill could land)."""
+        handle = self._open(source)
+        try:
+            ids = students_insert(handle=handle, factory=self.factory, specs=self.specs, count=rows)
+        finally:
+            handle.dispose()
+        first, last = min(ids), max(ids)
+        self.say(f"inserted a backlog of {len(ids):,} rows into {source.code} in one transaction (ids {first}-{last})")
+
+        def loaded() -> int:
+            return Student.objects.filter(source=source, source_row_id__gte=first, source_row_id__lte=last).count()
+
+        began = time.monotonic()
+        while True:
+            self._check_stack()
+            if time.monotonic() - began > self.plan.step_timeout_seconds:
+                raise StepFailed(f"no sync of {source.code} seen running within {self.plan.step_timeout_seconds:g} s")
+            done = loaded()
+            if done >= len(ids):
+                return ids, None
+            # Mid-run: at least one batch committed, the task still running in a pool process of the stack's.
+            running = self._running_sync(source) if done > 0 else None
+            if running is None:
+                time.sleep(POLL_SECONDS / 5)
+                continue
+            # Asking the workers takes a while, in which the task may have committed its last batch: count again.
+            victim, task_id = running
+            done = loaded()
+            if done >= len(ids):
+                return ids, None
+            os.kill(victim, signal.SIGKILL)
+            self.say(f"SIGKILL to pool process {victim}, running sync_source({source.code}) (task {task_id}) with "
+                     f"{done:,} of {len(ids):,} backlog rows committed")
+            return ids, (victim, task_id, done)
 
     def _running_sync(self, source: Source) -> tuple[int, str] | None:
         """(pid, task id) of the stack's pool process running a sync of this source, from the workers' own report."""
