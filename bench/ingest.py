@@ -60,6 +60,26 @@ def provision(rows_per_source: int, *, url_template: str, created_at=None) -> di
     return handles
 
 
+class MachineCpu:
+    """The machine's busy CPU-seconds (every process: workers, PostgreSQL's backends, this one) over a block, and
+    its share of what the cores could give over the same wall time. On a quiet machine it says where a phase's time
+    went: a busy share near 1 means CPU-bound, well below 1 means waiting."""
+
+    def __enter__(self):
+        self._busy, self._wall = self._busy_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.busy_seconds = self._busy_seconds() - self._busy
+        self.wall_seconds = time.perf_counter() - self._wall
+        self.busy_share = self.busy_seconds / (self.wall_seconds * (psutil.cpu_count() or 1))
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def copy_pipe(handles: dict, streams: int) -> float:
     """Seconds to pipe every source's rows into same-shaped tables of the warehouse, `streams` at a time."""
     from django.db import connection
@@ -145,9 +165,11 @@ def main() -> None:
         print(f"provisioning {len(COUNTRIES)} sources...", flush=True)
         handles = provision(rows_per_source, url_template=sources.template)
         print("pipe (baseline)...", flush=True)
-        pipe_seconds = copy_pipe(handles, args.workers)
+        with MachineCpu() as pipe_cpu:
+            pipe_seconds = copy_pipe(handles, args.workers)
         print("pipeline...", flush=True)
-        pipeline_seconds, peaks = run_pipeline(total, args.workers)
+        with MachineCpu() as pipeline_cpu:
+            pipeline_seconds, peaks = run_pipeline(total, args.workers)
         for handle in handles.values():
             handle.dispose()
         pipe_rate, pipeline_rate = total / pipe_seconds, total / pipeline_seconds
@@ -157,6 +179,11 @@ def main() -> None:
             "rows": total, "pipe_seconds": round(pipe_seconds, 2), "pipe_rows_per_second": round(pipe_rate),
             "pipeline_seconds": round(pipeline_seconds, 2), "pipeline_rows_per_second": round(pipeline_rate),
             "ratio_pipeline_over_pipe": round(pipeline_rate / pipe_rate, 3), "target_ratio": ">= 0.5",
+            # Where the time goes: machine-wide busy CPU per 1,000 rows, and how busy the cores were (1 = saturated).
+            "pipe_cpu_seconds_per_1000_rows": round(pipe_cpu.busy_seconds / total * 1000, 3),
+            "pipeline_cpu_seconds_per_1000_rows": round(pipeline_cpu.busy_seconds / total * 1000, 3),
+            "pipe_cpu_busy_share": round(pipe_cpu.busy_share, 2),
+            "pipeline_cpu_busy_share": round(pipeline_cpu.busy_share, 2),
             "peak_worker_rss_mb": round(max(peaks.values()), 1) if peaks else None,
             "target_peak_rss_mb": "< 300",
         }, quick=args.quick)

@@ -13,8 +13,8 @@ the freshness observer:
 A simulated dashboard does what dashboard/static/dashboard/dashboard.js does: one tick a second, counted from the
 start of the previous one (a slow answer does not stretch the period); each tick awaits
 GET /api/v1/metrics/?countries=<2 to 5 of the 20> with If-None-Match (the ETag of its last 200), and alongside,
-not awaited and never two at once, GET /api/v1/sources/ (the pipeline panel); every 10 s GET /api/v1/countries/ (the
-country selector). Requests time out after 2.5 s, as there; every URL keeps its keep-alive HTTP/1.1 connection, as
+not awaited and never two at once, GET /api/v1/sources/ (the pipeline panel, with its own If-None-Match); every
+10 s GET /api/v1/countries/ (the country selector). Requests time out after 2.5 s, as there; every URL keeps its keep-alive HTTP/1.1 connection, as
 a browser would. `--metrics-only` leaves out the sources panel and the selector. The dashboards start spread over
 the first second and run in a few client processes (asyncio streams, one task per dashboard).
 
@@ -143,14 +143,17 @@ class Dashboard:
         metrics_connection = Connection(self.port)
         panel_connection, selector_connection = Connection(self.port), Connection(self.port)
         await asyncio.sleep(max(0.0, first_tick - time.time()))
-        etag = None
+        etag = sources_etag = None
         sources_in_flight: asyncio.Task | None = None
         selector_loop = asyncio.create_task(self.country_list_loop(selector_connection, stop)) \
             if self.sources_panel else None
         while not stop.is_set():
             started = time.time()
             if self.sources_panel and (sources_in_flight is None or sources_in_flight.done()):
-                sources_in_flight = asyncio.create_task(self.request(panel_connection, SOURCES, PATHS[SOURCES]))
+                if sources_in_flight is not None:
+                    sources_etag = sources_in_flight.result() or sources_etag
+                sources_in_flight = asyncio.create_task(self.request(panel_connection, SOURCES, PATHS[SOURCES],
+                                                                     sources_etag))
             etag = await self.request(metrics_connection, METRICS, self.metrics_path, etag) or etag
             wake_at = max(started + POLL_SECONDS, time.time())
             await asyncio.sleep(wake_at - time.time())
