@@ -14,8 +14,8 @@ A simulated dashboard does what dashboard/static/dashboard/dashboard.js does: on
 start of the previous one (a slow answer does not stretch the period); each tick awaits
 GET /api/v1/metrics/?countries=<2 to 5 of the 20> with If-None-Match (the ETag of its last 200), and alongside,
 not awaited and never two at once, GET /api/v1/sources/ (the pipeline panel, with its own If-None-Match); every
-10 s GET /api/v1/countries/ (the country selector). Requests time out after 2.5 s, as there; every URL keeps its keep-alive HTTP/1.1 connection, as
-a browser would. `--metrics-only` leaves out the sources panel and the selector. The dashboards start spread over
+10 s GET /api/v1/countries/ (the country selector). Requests time out after 2.5 s, as there; every URL keeps its
+keep-alive HTTP/1.1 connection, as a browser would. `--metrics-only` leaves out the sources panel and the selector. The dashboards start spread over
 the first second and run in a few client processes (asyncio streams, one task per dashboard).
 
 Reported for the loaded phase, over the requests started after a warm-up (page load): per URL the request rate
