@@ -7,8 +7,10 @@ from pisa_site.celery import app
 from ingestion.locks import _client
 
 # While a refresh for a country is queued and not yet started, further requests for it are dropped: the queued one
-# will read every change committed before it runs. The key expires in case a queued message is ever lost.
-PENDING_TTL_SECONDS = 60
+# will read every change committed before it runs. The mark expires in case a queued message is lost (then
+# metrics.refresh_overdue asks again); a refresh takes tens of milliseconds, so one still queued after this long is
+# stuck or lost, and a second one is harmless (refreshes are idempotent).
+PENDING_TTL_SECONDS = 10
 REFRESH_TASK = "metrics.refresh_country"
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+import datetime as dt
 
-from ingestion.followup import pending_key
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from ingestion.followup import metrics_refresh_request, pending_key
 from ingestion.locks import _client
 from metrics.services import country_metrics_refresh
+from metrics.warehouse import countries_with_changes_recorded_before
 
 REFRESH_SOFT_TIME_LIMIT = 60
 REFRESH_TIME_LIMIT = 90
@@ -19,3 +24,14 @@ def refresh_country(country: str) -> dict:
     _client().delete(pending_key(country))
     result = country_metrics_refresh(country=country)
     return {"country": country, "changes": result.changes, "seconds": round(result.seconds, 3)}
+
+
+@shared_task(name="metrics.refresh_overdue", ignore_result=True, soft_time_limit=10, time_limit=15)
+def refresh_overdue() -> list[str]:
+    """Run by beat every METRICS_SWEEP_SECONDS: request a refresh for every country whose changes have waited longer
+    than METRICS_OVERDUE_SECONDS. A refresh message can be lost (one reserved by a metrics worker when Redis went
+    away is only redelivered after the visibility timeout), and the pending mark would then hold back the requests of
+    later loads until it expires; a country that then receives no new rows would never be folded."""
+    overdue = countries_with_changes_recorded_before(timezone.now() - dt.timedelta(
+        seconds=settings.METRICS_OVERDUE_SECONDS))
+    return [country for country in overdue if metrics_refresh_request(country=country)]

@@ -14,7 +14,7 @@ import numpy as np
 from django.db import connection
 
 from ingestion.layout import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS
-from ingestion.models import Student, StudentChange
+from ingestion.models import Source, Student, StudentChange
 from metrics.sufficient import StudentBatch
 
 _N_WEIGHTS = len(WEIGHTS)
@@ -102,3 +102,17 @@ def country_scores(country: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.
 
 def prune_changes(country: str, up_to_id: int) -> int:
     return StudentChange.objects.filter(country=country, id__lte=up_to_id).delete()[0]
+
+
+def countries_with_changes_recorded_before(moment) -> list[str]:
+    """Countries whose oldest unfolded change was recorded before `moment`: a refresh for them is overdue. One index
+    lookup per source (the change log's (country, id) index), whatever the size of a backlog's change log."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT k.code FROM {Source._meta.db_table} k
+                CROSS JOIN LATERAL (SELECT recorded_at FROM {StudentChange._meta.db_table} c
+                                    WHERE c.country = k.code ORDER BY c.id LIMIT 1) oldest
+                WHERE oldest.recorded_at < %s ORDER BY k.code""",
+            [moment],
+        )
+        return [code for (code,) in cursor.fetchall()]

@@ -281,12 +281,21 @@ METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)
 # How old each web process's snapshot of the metrics versions may be (metrics/cache.py): the bound on how long after a
 # publish a 304 may still be sent for the old document. A small part of the one-second freshness budget.
 METRICS_VERSIONS_CACHE_SECONDS = float(os.environ.get("METRICS_VERSIONS_CACHE_SECONDS", "0.1"))
+# The safety net for lost refresh messages (metrics/tasks.py refresh_overdue): how often it looks, and how long a
+# country's changes may wait unfolded before it asks for a refresh again.
+METRICS_SWEEP_SECONDS = float(os.environ.get("METRICS_SWEEP_SECONDS", "5"))
+METRICS_OVERDUE_SECONDS = float(os.environ.get("METRICS_OVERDUE_SECONDS", "10"))
 CELERY_BEAT_SCHEDULE = {
     # Every second: one sync task per due source. A late fan-out is worthless, so it expires before the next one.
     "ingestion-fan-out": {
         "task": "ingestion.fan_out",
         "schedule": INGEST_FAN_OUT_SECONDS,
         "options": {"expires": INGEST_FAN_OUT_SECONDS * 0.9},
+    },
+    "metrics-refresh-overdue": {
+        "task": "metrics.refresh_overdue",
+        "schedule": METRICS_SWEEP_SECONDS,
+        "options": {"expires": METRICS_SWEEP_SECONDS * 0.9},
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(PISA_HOME / "celerybeat-schedule")

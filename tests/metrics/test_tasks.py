@@ -1,0 +1,47 @@
+"""The metrics queue's tasks with a real worker: a refresh message that is lost does not leave a country's changes
+unfolded for good."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+import redis
+from django.utils import timezone
+
+from ingestion.followup import pending_key
+from ingestion.locks import _client
+from ingestion.models import StudentChange
+from ingestion.pipeline import source_sync
+from metrics.tasks import refresh_overdue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_until(condition, timeout=60, interval=0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_a_country_whose_refresh_message_was_lost_is_folded_by_the_overdue_sweep(source_db, celery_worker_process,
+                                                                                 settings):
+    alb = source_db("ALB")
+    alb.insert_students(5)
+    source_sync(source_id=alb.source.pk)  # on commit: the pending mark, and a refresh message...
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("metrics")  # ...which is lost
+    unfolded = StudentChange.objects.filter(country="ALB")
+    celery_worker_process("metrics")
+
+    assert unfolded.count() == 5
+    assert refresh_overdue() == []  # the changes are recent: their own request may still be on its way
+    unfolded.update(recorded_at=timezone.now() - dt.timedelta(seconds=settings.METRICS_OVERDUE_SECONDS + 1))
+    assert refresh_overdue() == []  # overdue, but the pending mark holds every request back...
+    _client().delete(pending_key("ALB"))  # ...until it expires (PENDING_TTL_SECONDS)
+    assert refresh_overdue() == ["ALB"]
+    assert wait_until(lambda: not unfolded.exists())
+    assert refresh_overdue() == []
