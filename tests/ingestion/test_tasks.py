@@ -118,6 +118,20 @@ def test_a_load_triggers_one_metrics_refresh_after_commit_and_the_api_count_foll
     assert wait_until(lambda: client.get("/api/forage/submissions").json()["count"] == 9)
 
 
+def test_a_source_is_due_again_on_the_next_tick_even_when_it_comes_a_little_early(source_db):
+    from ingestion.locks import clear_queued
+
+    alb = source_db("ALB")
+    alb.source.poll_interval_seconds = 1.0
+    alb.source.save()
+    assert fan_out() == 1
+    clear_queued(f"source:{alb.source.pk}")  # as the sync does when it starts
+
+    time.sleep(0.85)  # beat's next tick, 150 ms early
+
+    assert fan_out() == 1
+
+
 def test_refresh_requests_for_a_country_are_coalesced_while_one_is_pending():
     import redis
     from django.conf import settings
