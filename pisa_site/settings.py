@@ -260,6 +260,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "retry_on_timeout": True,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's consumer, minus a crash on reconnecting after a Redis restart with tasks in flight (see the module).
+CELERY_WORKER_CONSUMER = "pisa_site.worker_consumer:Consumer"
 # Flower needs task events to show tasks live, by name and arguments.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
