@@ -47,6 +47,16 @@ def _clean_cache():
     client.close()
 
 
+def wait_until(condition, timeout=60, interval=0.2) -> bool:
+    """Poll `condition()` until it is true (True) or `timeout` seconds have passed (False): for real workers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
 def codebook_editors_group():
     """The "Codebook editors" group, as its migration creates it. A transactional test elsewhere in the suite flushes
     the database, which takes the migration's group with it (permissions are recreated by the flush, groups not)."""

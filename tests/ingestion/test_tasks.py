@@ -11,16 +11,9 @@ from ingestion.models import SourceState, Student
 from ingestion.pipeline import source_sync
 from ingestion.tasks import fan_out, sync_source
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_until(condition, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def loaded(source) -> int:

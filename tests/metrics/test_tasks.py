@@ -4,7 +4,6 @@ unfolded for good."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 import redis
@@ -16,16 +15,9 @@ from ingestion.models import StudentChange
 from ingestion.pipeline import source_sync
 from metrics.tasks import refresh_overdue
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_until(condition, timeout=60, interval=0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_a_country_whose_refresh_message_was_lost_is_folded_by_the_overdue_sweep(source_db, celery_worker_process,
