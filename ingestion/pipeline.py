@@ -14,6 +14,9 @@ One run of `source_sync`:
 
 Each batch is loaded in its own transaction together with the bookmark and counters, so memory stays flat and a crash
 loses nothing. Metrics are refreshed after commit when anything changed.
+
+A sync may have a time budget (the Celery task gives one, `manage.py ingest` does not): a large backlog stops after
+the batch that crosses it, steps 3 and 4 wait, and the next sync carries on where this one stopped.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class SyncResult:
     batches: int = 0
     reset: bool = False
     reconciled: bool = False
+    # The budget ran out with rows still to load: the next sync carries on.
+    truncated: bool = False
     seconds: float = 0.0
     error: str = ""
     changed_countries: set[str] = field(default_factory=set)
@@ -143,7 +148,12 @@ def _in_batches(ids: list[int]) -> Iterable[list[int]]:
         yield ids[start:start + BATCH_ROWS]
 
 
-def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncResult, progress: Progress | None):
+def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncResult, progress: Progress | None,
+              deadline: float):
+    """Load these ids batch by batch, oldest first, until done or `deadline` (perf_counter) passes; then set
+    `result.truncated` and leave the rest to the next sync."""
+    if result.truncated:
+        return
     chunks = list(_in_batches(sorted(ids)))
     if len(chunks) <= 1:  # a poll's few rows: no thread
         for chunk in chunks:
@@ -163,6 +173,10 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
             _load_lines(source, state, lines, result)
             if progress:
                 progress(len(chunk))
+            if k + 1 < len(chunks) and time.perf_counter() > deadline:
+                next_lines.cancel()  # the read in flight is dropped, not loaded (leaving the pool waits for it)
+                result.truncated = True
+                return
 
 
 def source_forget(*, source: Source) -> int:
@@ -180,19 +194,22 @@ def source_forget(*, source: Source) -> int:
 
 
 def source_sync(*, source_id: int, full: bool = False, progress: Progress | None = None,
-                pending: Callable[[int], None] | None = None, heartbeat: Callable[[], object] | None = None
-                ) -> SyncResult:
-    """Bring the warehouse up to date with one source. Safe to run again at any time (idempotent).
+                pending: Callable[[int], None] | None = None, heartbeat: Callable[[], object] | None = None,
+                budget_seconds: float | None = None) -> SyncResult:
+    """Bring the warehouse up to date with one source, or as far as `budget_seconds` allows (None: no limit; see
+    `SyncResult.truncated`). Safe to run again at any time (idempotent).
 
     `progress(n)` is called after each batch of n rows, `pending(n)` with the number of rows about to load, and
     `heartbeat()` after each batch (the Celery task renews its lock there)."""
     with commits_without_waiting_for_disk():
-        return _source_sync(source_id=source_id, full=full, progress=progress, pending=pending, heartbeat=heartbeat)
+        return _source_sync(source_id=source_id, full=full, progress=progress, pending=pending, heartbeat=heartbeat,
+                            budget_seconds=budget_seconds)
 
 
 def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pending: Callable[[int], None] | None,
-                 heartbeat: Callable[[], object] | None) -> SyncResult:
+                 heartbeat: Callable[[], object] | None, budget_seconds: float | None) -> SyncResult:
     started = time.perf_counter()
+    deadline = float("inf") if budget_seconds is None else started + budget_seconds
     if heartbeat:
         user_progress = progress
 
@@ -229,23 +246,25 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
             missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
             if pending:
                 pending(len(missing))
-            _load_ids(reader, source, state, missing, result, progress)
+            _load_ids(reader, source, state, missing, result, progress, deadline)
             # Deleted rows, and rows committed later than the window, show as a different count of ids.
-            if snapshot.max_id is not None and (
+            if not result.truncated and snapshot.max_id is not None and (
                     due or snapshot.row_count != _accounted_count(source, snapshot.max_id)):
-                _diff_ids(reader, source, state, snapshot.max_id, _accounted_ids(source), result, progress)
+                _diff_ids(reader, source, state, snapshot.max_id, _accounted_ids(source), result, progress, deadline)
 
-        if first_load:
+        if first_load and not result.truncated:
             state.last_reconciled_at = timezone.now()  # everything was just read: nothing to compare yet
             state.source_update_count = snapshot.updates
-        if (due or full) and snapshot.max_id is not None:
+        if (due or full) and snapshot.max_id is not None and not result.truncated:
             _reconcile_content(reader, source, state, snapshot.max_id, result, progress)
             state.last_reconciled_at = timezone.now()
             state.source_update_count = snapshot.updates
             result.reconciled = True
 
         state.source_max_id = snapshot.max_id
-        state.source_row_count = snapshot.row_count
+        # Unless the budget ran out: no row count then, so that the next poll reads the ids again even if the source
+        # has not changed meanwhile (its fast path skips a source whose count and max id are as recorded).
+        state.source_row_count = None if result.truncated else snapshot.row_count
         state.last_success_at = timezone.now()
         state.last_error = ""
         state.consecutive_failures = 0
@@ -291,7 +310,8 @@ def _record_failure(state: SourceState, message: str) -> None:
                    state.consecutive_failures, message)
 
 
-def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: SyncResult, progress) -> None:
+def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: SyncResult, progress,
+              deadline: float) -> None:
     present = set(reader.ids_created_since(None, up_to_id=max_id))
     vanished = sorted(i for i in accounted if i <= max_id and i not in present)
     if vanished:
@@ -310,7 +330,7 @@ def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: S
         result.removed += removed
         if removed:
             result.changed_countries.add(source.code)
-    _load_ids(reader, source, state, sorted(present - accounted), result, progress)
+    _load_ids(reader, source, state, sorted(present - accounted), result, progress, deadline)
 
 
 def _reconcile_content(reader, source, state, max_id: int, result: SyncResult, progress) -> None:

@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 SYNC_SOFT_TIME_LIMIT = 60
 SYNC_TIME_LIMIT = 90
+# A sync stops loading after the batch that crosses this and the fan-out's next sync carries on: far from the soft
+# limit even on a slow machine, and a backfilling country hands its worker back to the other sources every few
+# seconds (the fan-out queues least recently synced sources first).
+SYNC_BUDGET_SECONDS = getattr(settings, "INGEST_SYNC_BUDGET_SECONDS", 10.0)
 # Renewed after every batch (a batch takes about a second), so a dead worker frees its source within this time.
 SYNC_LOCK_SECONDS = getattr(settings, "INGEST_SYNC_LOCK_SECONDS", 30)
 # A fan-out message older than this is dropped rather than run late: the next second sends a fresh one. Checked by
@@ -75,10 +79,12 @@ def sync_source(self, source_id: int, code: str = "", queued_at: float | None = 
     with redis_lock(name, token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
         if not lock.acquired:
             return {"source": code, "skipped": "already running"}
-        result = source_sync(source_id=source_id, heartbeat=lock.extend)
+        result = source_sync(source_id=source_id, heartbeat=lock.extend, budget_seconds=SYNC_BUDGET_SECONDS)
     if result.error:
         logger.warning("sync %s failed: %s", code, result.error)
     elif result.loaded or result.removed:
-        logger.info("sync %s: +%s -%s quarantined %s in %.2fs", code, result.loaded, result.removed,
-                    result.quarantined, result.seconds)
-    return {"source": code, "loaded": result.loaded, "removed": result.removed, "error": result.error}
+        logger.info("sync %s: +%s -%s quarantined %s in %.2fs%s", code, result.loaded, result.removed,
+                    result.quarantined, result.seconds, " (budget spent: the next sync carries on)"
+                    if result.truncated else "")
+    return {"source": code, "loaded": result.loaded, "removed": result.removed, "error": result.error,
+            "truncated": result.truncated}

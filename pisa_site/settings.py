@@ -277,6 +277,8 @@ INGEST_RECONCILE_SECONDS = env_int("INGEST_RECONCILE_SECONDS", 60)
 INGEST_RECONCILE_MAX_SECONDS = env_int("INGEST_RECONCILE_MAX_SECONDS", 3600)
 # A sync's Redis lock: renewed after every batch, so a source whose worker died (or lost Redis) is free within this.
 INGEST_SYNC_LOCK_SECONDS = env_int("INGEST_SYNC_LOCK_SECONDS", 30)
+# How long one sync may keep loading a backlog before it leaves the rest to the next (ingestion/tasks.py).
+INGEST_SYNC_BUDGET_SECONDS = float(os.environ.get("INGEST_SYNC_BUDGET_SECONDS", "10"))
 # How old each web process's rendering of GET /api/v1/sources/ may be (ingestion/apis.py): every dashboard polls it.
 INGEST_STATUS_CACHE_SECONDS = float(os.environ.get("INGEST_STATUS_CACHE_SECONDS", "0.5"))
 METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)

@@ -170,3 +170,66 @@ def test_deleting_the_row_that_superseded_duplicates_brings_the_latest_earlier_o
     assert Student.objects.get(country="ALB", cntstuid=900001).source_row_id == second
     assert set(DuplicateStudent.objects.values_list("kept_row_id", "superseded_row_id")) == {(second, first)}
     assert warehouse_ids(alb.source) == alb.ids() - {first}
+
+
+def test_a_sync_whose_time_budget_runs_out_stops_after_a_batch_and_the_next_carries_on(source_db, monkeypatch):
+    from ingestion import pipeline
+
+    monkeypatch.setattr(pipeline, "BATCH_ROWS", 10)
+    alb = source_db("ALB")
+    ids = alb.insert_students(5)
+    source_sync(source_id=alb.source.pk)
+    ids += alb.insert_students(35)  # a burst
+
+    syncs = [source_sync(source_id=alb.source.pk, budget_seconds=0)]
+    while syncs[-1].truncated:
+        assert len(syncs) < 10, "the syncs never caught up"
+        syncs.append(source_sync(source_id=alb.source.pk, budget_seconds=0))
+
+    # Each sync loads one batch once its budget is spent; the source did not change between them, yet each one
+    # found the rows the previous left behind.
+    assert [sync.loaded for sync in syncs] == [10, 10, 10, 5]
+    assert warehouse_ids(alb.source) == set(ids)
+    assert source_sync(source_id=alb.source.pk, budget_seconds=0).loaded == 0
+
+
+def test_a_first_load_cut_short_compares_contents_only_once_it_has_caught_up(source_db, monkeypatch):
+    from ingestion import pipeline
+
+    monkeypatch.setattr(pipeline, "BATCH_ROWS", 10)
+    alb = source_db("ALB")
+    ids = alb.insert_students(25)
+    first = source_sync(source_id=alb.source.pk, budget_seconds=0)
+    assert first.truncated and not first.reconciled
+    assert SourceState.objects.get(source=alb.source).last_reconciled_at is None
+    syncs = 1
+    while source_sync(source_id=alb.source.pk, budget_seconds=0).truncated:
+        syncs += 1
+        assert syncs < 10, "the syncs never caught up"
+    assert warehouse_ids(alb.source) == set(ids)
+    assert SourceState.objects.get(source=alb.source).last_reconciled_at is not None
+
+
+def test_without_a_budget_a_sync_loads_the_whole_backlog(source_db, monkeypatch):
+    from ingestion import pipeline
+
+    monkeypatch.setattr(pipeline, "BATCH_ROWS", 10)
+    alb = source_db("ALB")
+    ids = alb.insert_students(35)
+    result = source_sync(source_id=alb.source.pk)
+    assert (result.loaded, result.batches, result.truncated) == (35, 4, False)
+    assert warehouse_ids(alb.source) == set(ids)
+
+
+def test_rows_deleted_during_a_backlog_leave_once_the_syncs_have_caught_up(source_db, monkeypatch):
+    from ingestion import pipeline
+
+    monkeypatch.setattr(pipeline, "BATCH_ROWS", 10)
+    alb = source_db("ALB")
+    ids = alb.insert_students(30)
+    assert source_sync(source_id=alb.source.pk, budget_seconds=0).truncated
+    alb.execute("DELETE FROM responses WHERE id = ANY(:ids)", ids=ids[:2])  # already loaded
+    for _ in range(5):
+        if not source_sync(source_id=alb.source.pk, budget_seconds=0).truncated:
+            break
+    assert warehouse_ids(alb.source) == set(ids[2:])

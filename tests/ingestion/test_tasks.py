@@ -159,3 +159,15 @@ def test_fan_out_queues_the_least_recently_synced_sources_first(source_db):
     queued = [json.loads(message)["headers"]["kwargsrepr"] for message in reversed(broker.lrange("ingestion", 0, -1))]
     assert ["AUS" in q for q in queued] == [True, False, False]
     assert "ARG" in queued[1] and "ALB" in queued[2]
+
+
+def test_the_sync_task_gives_its_sync_a_time_budget(source_db, monkeypatch):
+    from ingestion import pipeline, tasks
+
+    monkeypatch.setattr(pipeline, "BATCH_ROWS", 10)
+    monkeypatch.setattr(tasks, "SYNC_BUDGET_SECONDS", 0)
+    alb = source_db("ALB")
+    alb.insert_students(25)
+    first = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB"}).get()
+    assert (first["loaded"], first["truncated"]) == (10, True)
+    assert loaded(alb.source) == 10
