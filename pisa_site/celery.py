@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
 
 from pisa_site.logs import handlers_hide_passwords
 
@@ -19,3 +19,17 @@ app.autodiscover_tasks()
 def _logs_hide_passwords(logger, **kwargs):
     """The worker and beat replace Django's logging with their own handlers: those hide URL passwords too."""
     handlers_hide_passwords(logger)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _keep_healthy_database_connections(sender=None, **kwargs):
+    """Between tasks, as Django does between requests: close the warehouse connection only if it is broken, left in a
+    transaction, or older than DB_CONN_MAX_AGE (CELERY_DB_REUSE_MAX in settings.py says why Celery's own rule is off).
+    Not around a task run eagerly (`apply()`), which runs inside its caller's work and transaction, as Celery's own
+    rule does not either."""
+    from django.db import close_old_connections
+
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    close_old_connections()

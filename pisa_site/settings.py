@@ -120,7 +120,10 @@ if not DATABASE_URL:
         "DATABASE_URL is not set and the embedded PostgreSQL is not running. Use `make run` / `make test`, "
         "or start the embedded services with `python -m pisa_site.embedded run -- <command>`."
     )
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+# Persistent connections (web requests and Celery tasks reuse them), checked with a round trip before their first use
+# in each request or task, so one broken by a PostgreSQL restart is replaced instead of failing that request or task.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+                                              conn_health_checks=True)}
 DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = "pisa-live"
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("The warehouse must be PostgreSQL (DATABASE_URL=postgresql://...).")
@@ -262,6 +265,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's consumer, minus a crash on reconnecting after a Redis restart with tasks in flight (see the module).
 CELERY_WORKER_CONSUMER = "pisa_site.worker_consumer:Consumer"
+# Keep a worker's warehouse connection from one task to the next. Celery's Django fixup otherwise closes it before and
+# after every task (celery 5.7 calls close() whatever CONN_MAX_AGE says), so each of the 20 syncs a second paid for a
+# new PostgreSQL backend (fork, authentication, a cold catalog cache) and created its staging table again: measured
+# in bench/ingest.py as one warehouse backend per sync. With this set the fixup closes only every 2 x this many task
+# boundaries; in between, pisa_site/celery.py applies Django's own rule at each boundary (close a connection that is
+# broken or older than DB_CONN_MAX_AGE), as Django does between requests.
+CELERY_DB_REUSE_MAX = 500
 # Flower needs task events to show tasks live, by name and arguments.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True

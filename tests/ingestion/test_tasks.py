@@ -171,3 +171,34 @@ def test_the_sync_task_gives_its_sync_a_time_budget(source_db, monkeypatch):
     first = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB"}).get()
     assert (first["loaded"], first["truncated"]) == (10, True)
     assert loaded(alb.source) == 10
+
+
+def _warehouse_backend_of(worker) -> int | None:
+    """The PostgreSQL backend serving the worker's child's warehouse connection, if it has one open."""
+    from django.db import connection
+
+    [child] = psutil.Process(worker.process.pid).children()
+    server_port = int(connection.settings_dict["PORT"])
+    ports = [c.laddr.port for c in child.net_connections(kind="tcp") if c.raddr and c.raddr.port == server_port]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND client_port = ANY(%s)",
+                       [ports])
+        backends = [row[0] for row in cursor.fetchall()]
+    assert len(backends) <= 1
+    return backends[0] if backends else None
+
+
+def test_a_worker_keeps_its_warehouse_connection_from_one_sync_to_the_next(source_db, celery_worker_process):
+    # Celery's Django fixup would close it around every task: a new PostgreSQL backend (and a new staging table) for
+    # each of the 20 syncs a second.
+    alb = source_db("ALB")
+    worker = celery_worker_process("ingestion")
+    alb.insert_students(3)
+    assert fan_out() == 1
+    assert wait_until(lambda: loaded(alb.source) == 3)
+    backend = _warehouse_backend_of(worker)
+    assert backend is not None
+
+    alb.insert_students(2)
+    assert wait_until(lambda: fan_out() >= 0 and loaded(alb.source) == 5, timeout=10)  # as beat would, each second
+    assert _warehouse_backend_of(worker) == backend
