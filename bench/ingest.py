@@ -12,7 +12,9 @@ worker process under 300 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ import time
 
 import psutil
 
-from bench.common import ROOT, bench_environment, report
+from bench.common import BENCH_DATABASE, ROOT, bench_environment, report
 from bench.stack import COUNTRIES, SourceDatabases, backfill
 
 INSERT_BATCH = 1000
@@ -83,6 +85,78 @@ class MachineCpu:
                                                                                      "guest_nice"))
 
 
+class CpuByRole:
+    """CPU-seconds per kind of process over a block, to say which side of a phase costs what: the worker processes,
+    the warehouse's backends, the sources' backends, PostgreSQL's own processes (autovacuum, WAL writer,
+    checkpointer) and this process (the pipe's streams are its threads).
+
+    Processes come and go within a phase (a stream's connections close as it ends), so a thread samples every process
+    every SAMPLE_SECONDS and a process that has gone counts with its last sample: at most that much of its CPU is
+    missed."""
+
+    SAMPLE_SECONDS = 0.25
+
+    def __init__(self, *, warehouse_database: str, source_prefix: str) -> None:
+        self.warehouse_database, self.source_prefix = warehouse_database, source_prefix
+        self._seen: dict[int, list] = {}  # pid -> [role, cpu when first seen, cpu when last seen]
+        self._stopped = threading.Event()
+
+    def _role(self, process: psutil.Process) -> str:
+        command = " ".join(process.cmdline())
+        if command.startswith("postgres:"):
+            # A backend's title is "postgres: <user> <database> <client> <state>"; the server's own processes have no
+            # client ("postgres: autovacuum worker", "postgres: walwriter").
+            words = command.split()
+            database = words[2] if len(words) > 3 else ""
+            if database == self.warehouse_database:
+                return "warehouse_backends"
+            if database.startswith(self.source_prefix):
+                return "source_backends"
+            return "postgres_own"
+        if process.pid == os.getpid():
+            return "benchmark"
+        if "celery" in command and "worker" in command:
+            return "workers"
+        return "other"
+
+    def _sample(self, *, first: bool = False) -> None:
+        for process in psutil.process_iter():
+            try:
+                times = process.cpu_times()
+                cpu = times.user + times.system
+                entry = self._seen.get(process.pid)
+                if entry is None:
+                    # A process born during the phase spent all its CPU in it.
+                    self._seen[process.pid] = [self._role(process), cpu if first else 0.0, cpu]
+                else:
+                    entry[2] = cpu
+                    if entry[0] == "other":  # a new backend shows the server's command line until it sets its title
+                        entry[0] = self._role(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.SAMPLE_SECONDS):
+            self._sample()
+
+    def __enter__(self):
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._sample()
+
+    def per_1000_rows(self, rows: int) -> dict[str, float]:
+        seconds: dict[str, float] = {}
+        for role, first, last in self._seen.values():
+            seconds[role] = seconds.get(role, 0.0) + last - first
+        return {role: round(cpu / rows * 1000, 3) for role, cpu in sorted(seconds.items()) if cpu >= 0.005}
+
+
 def settle_statistics(handle) -> None:
     """VACUUM ANALYZE a freshly filled source table, as its server's autovacuum would soon after, then keep
     autovacuum off it. Otherwise autovacuum analyses the 20 new 1,120-column tables (seconds of CPU each) in the middle
@@ -140,9 +214,10 @@ def copy_pipe(handles: dict, streams: int) -> float:
     return time.perf_counter() - started
 
 
-def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
-    """Seconds until the warehouse holds every row, with `workers` Celery worker processes; peak RSS per process."""
-    import os
+def run_pipeline(total: int, workers: int, *, measure=contextlib.nullcontext) -> tuple[float, dict[int, float]]:
+    """Seconds until the warehouse holds every row, with `workers` Celery worker processes; peak RSS per process.
+    `measure()` is a context manager around the backfill alone: from the workers answering to the last row loaded
+    (their start and stop are not the pipeline's work)."""
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
@@ -164,7 +239,9 @@ def run_pipeline(total: int, workers: int) -> tuple[float, dict[int, float]]:
     try:
         while not app.control.ping(destination=[f"bench@{os.uname().nodename}"], timeout=0.5):
             time.sleep(0.2)
-        return backfill(total, while_waiting=sample_memory), peaks
+        with measure():
+            seconds = backfill(total, while_waiting=sample_memory)
+        return seconds, peaks
     finally:
         worker.terminate()
         worker.wait()
@@ -181,11 +258,18 @@ def main() -> None:
         print(f"provisioning {len(COUNTRIES)} sources...", flush=True)
         handles = provision(rows_per_source, url_template=sources.template)
         print("pipe (baseline)...", flush=True)
-        with MachineCpu() as pipe_cpu:
+        roles = {"warehouse_database": BENCH_DATABASE, "source_prefix": "pisa_bench_src_"}
+        with MachineCpu() as pipe_cpu, CpuByRole(**roles) as pipe_roles:
             pipe_seconds = copy_pipe(handles, args.workers)
         print("pipeline...", flush=True)
-        with MachineCpu() as pipeline_cpu:
-            pipeline_seconds, peaks = run_pipeline(total, args.workers)
+        pipeline_cpu, pipeline_roles = MachineCpu(), CpuByRole(**roles)
+
+        @contextlib.contextmanager
+        def measure_pipeline():
+            with pipeline_cpu, pipeline_roles:
+                yield
+
+        pipeline_seconds, peaks = run_pipeline(total, args.workers, measure=measure_pipeline)
         for handle in handles.values():
             handle.dispose()
         pipe_rate, pipeline_rate = total / pipe_seconds, total / pipeline_seconds
@@ -200,6 +284,9 @@ def main() -> None:
             "pipeline_cpu_seconds_per_1000_rows": round(pipeline_cpu.busy_seconds / total * 1000, 3),
             "pipe_cpu_busy_share": round(pipe_cpu.busy_share, 2),
             "pipeline_cpu_busy_share": round(pipeline_cpu.busy_share, 2),
+            # The same CPU by kind of process (the pipe's streams are threads of the benchmark process).
+            "pipe_cpu_seconds_per_1000_rows_by_role": pipe_roles.per_1000_rows(total),
+            "pipeline_cpu_seconds_per_1000_rows_by_role": pipeline_roles.per_1000_rows(total),
             "peak_worker_rss_mb": round(max(peaks.values()), 1) if peaks else None,
             "target_peak_rss_mb": "< 300",
         }, quick=args.quick)

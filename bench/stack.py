@@ -181,14 +181,16 @@ class SourceDatabases:
             source_database_drop(server_url=self.server.render_as_string(hide_password=False),
                                  database=self.prefix + code.lower())
 
-    def simulate(self, *, seed: int, seed_rows: int = 0, rate: float = 0.0, seconds: float | None = None) -> list[str]:
+    def simulate(self, *, seed: int, seed_rows: int = 0, rate: float = 0.0, seconds: float | None = None,
+                 bursts: bool = True) -> list[str]:
         """The `manage.py simulate` command line: top the sources up to `seed_rows` rows altogether, then (with a
-        rate and a duration) feed them `rate` rows/s for `seconds`; without a duration it stops after seeding."""
+        rate and a duration) feed them `rate` rows/s for `seconds`, with the simulator's bursts of 4-10x the rate
+        about once a minute unless `bursts` is off; without a duration it stops after seeding."""
         command = [sys.executable, "manage.py", "simulate", "--url-template", self.template, "--countries",
                    ",".join(COUNTRIES), "--seed-rows", str(seed_rows), "--seed", str(seed)]
         if seconds is None:
             return [*command, "--max-rows", "0"]
-        return [*command, "--rate", str(rate), "--duration", str(seconds)]
+        return [*command, "--rate", str(rate), "--duration", str(seconds), *([] if bursts else ["--steady"])]
 
 
 class Stack(Processes):
@@ -263,11 +265,13 @@ class Stack(Processes):
             time.sleep(0.5)
 
     def freshness(self, sources: SourceDatabases, *, rate: float, seconds: float, seed: int,
-                  settled_counts: dict[str, int] | None = None) -> dict:
+                  settled_counts: dict[str, int] | None = None, bursts: bool = False) -> dict:
         """Feed the sources `rate` rows/s for `seconds` and observe every new row's delays (FreshnessObserver).
-        `settled_counts`: the API's counts before the feed, if known (from wait_until_settled)."""
+        `settled_counts`: the API's counts before the feed, if known (from wait_until_settled). Steady by default:
+        the simulator's random bursts (4-10x the rate for 3-10 s, about once a minute) would make two runs, or a
+        benchmark and its baseline, measure different loads."""
         observer = FreshnessObserver(self, settled_counts)
-        simulator = self.start(sources.simulate(rate=rate, seconds=seconds, seed=seed), env=self.env)
+        simulator = self.start(sources.simulate(rate=rate, seconds=seconds, seed=seed, bursts=bursts), env=self.env)
         observer.observe_while(lambda: simulator.poll() is None)
         self.finish(simulator)
         figures = observer.figures()

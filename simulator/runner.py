@@ -72,9 +72,11 @@ class ReplaySupply:
 
 @dataclass
 class Pace:
-    """Rows due per tick: the rate times the elapsed time, with occasional seeded bursts; fractions carried over."""
+    """Rows due per tick: the rate times the elapsed time, with occasional seeded bursts (unless `bursts` is off:
+    benchmarks that need exactly the rate asked for); fractions carried over."""
 
     seed: int
+    bursts: bool = True
     carry: float = 0.0
     burst_until: float = 0.0
     burst_multiplier: float = 1.0
@@ -86,7 +88,7 @@ class Pace:
     def rows_due(self, *, rate: float, elapsed: float, now: float) -> int:
         if now >= self.burst_until:
             self.burst_multiplier = 1.0
-            if self.rng.random() < BURST_CHANCE_PER_SECOND * elapsed:
+            if self.bursts and self.rng.random() < BURST_CHANCE_PER_SECOND * elapsed:
                 self.burst_until = now + self.rng.uniform(*BURST_SECONDS)
                 self.burst_multiplier = self.rng.uniform(*BURST_MULTIPLIER)
         self.carry += rate * self.burst_multiplier * elapsed
@@ -109,12 +111,13 @@ class Simulation:
         supply,
         seed: int,
         say: Callable[[str], None],
+        bursts: bool = True,
     ) -> None:
         self.handles = handles
         self.provision = provision
         self.text_style = text_style
         self.supply = supply
-        self.pace = Pace(seed)
+        self.pace = Pace(seed, bursts=bursts)
         self.say = say
         self.inserted = 0
         self.unavailable: set[str] = set()

@@ -54,6 +54,8 @@ class Command(BaseCommand):
                             help="rows all sources together hold before the continuous feed starts")
         parser.add_argument("--duration", type=float, help="stop after this many seconds")
         parser.add_argument("--max-rows", type=int, help="stop after feeding this many rows (after seeding)")
+        parser.add_argument("--steady", action="store_true",
+                            help="exactly --rate, without the bursts of 4-10x the rate about once a minute")
         parser.add_argument("--keep-alive", action="store_true",
                             help="when the simulator cannot start (no codebook, say), print why and idle until "
                                  "stopped instead of exiting: under honcho an exit would stop the whole stack")
@@ -119,7 +121,7 @@ class Command(BaseCommand):
                                      seed=options["seed"])
         simulator_control_set(rows_per_second=options["rate"], paused=False)
         simulation = Simulation(handles=handles, provision=provision, text_style=text_style, supply=supply,
-                                seed=options["seed"], say=self.stdout.write)
+                                seed=options["seed"], say=self.stdout.write, bursts=not options["steady"])
         try:
             if not options["replay"]:
                 seeded = simulation.seed_rows(options["seed_rows"])
