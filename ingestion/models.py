@@ -116,7 +116,11 @@ class Student(AnalysisValues):
         constraints = [models.UniqueConstraint(fields=["country", "cntstuid"], name="student_country_cntstuid")]
         indexes = [
             models.Index(fields=["source", "source_row_id"], name="student_source_row"),
-            models.Index(fields=["country", "source_created_at"], name="student_country_created"),
+            # Each sync lists the ids it already holds within its look-back window (pipeline._accounted_ids): an index-only
+            # range scan over the window's rows. Without it that query read every student of the source, every sync
+            # (17 ms at 20,000 students, growing with the warehouse: 20 syncs a second could not keep up at PISA size).
+            models.Index(fields=["source", "source_created_at"], name="student_source_created",
+                         include=["source_row_id"]),
         ]
 
 

@@ -45,3 +45,47 @@ def test_a_batch_is_matched_to_its_students_without_scanning_the_warehouse(sourc
     assert load.inserted_or_updated == 50 and load.removed == 0
     assert scans == 0
     assert Student.objects.filter(country="ALB").count() == 1550
+
+
+def test_each_sync_reads_only_its_look_back_window_of_the_warehouse(source_db):
+    import datetime as dt
+    from django.utils import timezone
+
+    from ingestion.pipeline import _ACCOUNTED_IDS_SQL, _accounted_ids
+
+    alb = source_db("ALB")
+    old = alb.insert_students(1500)
+    source_sync(source_id=alb.source.pk)
+    Student.objects.filter(source=alb.source).update(source_created_at=timezone.now() - dt.timedelta(hours=1))
+    recent = alb.insert_students(20)
+    source_sync(source_id=alb.source.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Student._meta.db_table}")
+    window_start = timezone.now() - dt.timedelta(minutes=5)
+
+    assert _accounted_ids(alb.source, since=window_start) == set(recent)
+    assert len(old) == 1500
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + _ACCOUNTED_IDS_SQL.format(since="AND source_created_at >= %(since)s"),
+                       {"source": alb.source.pk, "since": window_start})
+        plan = cursor.fetchone()[0][0]["Plan"]
+    # A range scan of the window's index entries, not a read of every student of the source.
+    [student_scan] = [node for node in _plan_nodes(plan) if node.get("Relation Name") == Student._meta.db_table]
+    assert (student_scan["Node Type"], student_scan["Index Name"]) == ("Index Only Scan", "student_source_created")
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_a_staged_batch_stays_in_memory():
+    # 1,000 staged rows of ~5 KB each: more than PostgreSQL's default 8 MB of temporary buffers, which made every
+    # statement of a load read the staging table back from disk.
+    from ingestion.pipeline import BATCH_ROWS
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = 'temp_buffers'")
+        temp_buffers = cursor.fetchone()[0]
+    assert temp_buffers >= BATCH_ROWS * 8192 * 2  # a staged row takes a page of its own; room for two batches
