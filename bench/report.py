@@ -4,7 +4,9 @@ the baseline measured in the same run, the ratio, the target, the machine and th
     .venv/bin/python -m bench.report          # `make bench` runs it after the benchmarks
     BENCH_NOTE="..." .venv/bin/python -m bench.report    # with a note on the conditions of the runs
 
-A full run is preferred to a `--quick` one of the same benchmark, whichever is newer; a quick figure says so.
+A full run is preferred to a `--quick` one of the same benchmark, whichever is newer; a quick figure says so. A
+benchmark with no run in bench/results.jsonl (which is local to a machine) keeps its section of the previous
+RESULTS.md, dates and all, so that re-running some benchmarks does not erase the others' figures.
 """
 
 from __future__ import annotations
@@ -65,8 +67,19 @@ def section(name: str, record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(runs: dict[str, dict]) -> str:
-    names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
+def previous_sections(text: str) -> dict[str, str]:
+    """The sections of an earlier RESULTS.md by benchmark name ("## ingest" or "## ingest (quick run)")."""
+    sections = {}
+    for chunk in text.split("\n## ")[1:]:
+        name = chunk.split(maxsplit=1)[0]
+        sections[name] = "## " + chunk.rstrip("\n") + "\n"
+    return sections
+
+
+def render(runs: dict[str, dict], previous: dict[str, str] | None = None) -> str:
+    previous = previous or {}
+    known = {**previous, **runs}
+    names = [n for n in ORDER if n in known] + sorted(n for n in known if n not in ORDER)
     head = [
         "# Benchmark results",
         "",
@@ -80,12 +93,14 @@ def render(runs: dict[str, dict]) -> str:
         head += [f"**Note.** {note}", "", ""]
     if not names:
         head.append("No benchmark has run yet: `make bench` (or `make bench BENCH_ARGS=--quick`).\n")
-    return "\n".join(head) + "\n".join(section(name, runs[name]) for name in names)
+    return "\n".join(head) + "\n".join(section(name, runs[name]) if name in runs else previous[name]
+                                        for name in names)
 
 
 def main() -> None:
     lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
-    REPORT.write_text(render(latest_runs(lines)))
+    previous = previous_sections(REPORT.read_text()) if REPORT.exists() else {}
+    REPORT.write_text(render(latest_runs(lines), previous))
     print(f"wrote {REPORT.relative_to(ROOT)}")
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from bench.report import latest_runs, render
+from bench.report import latest_runs, previous_sections, render
 
 
 def record(bench: str, at: str, quick: bool, **figures) -> str:
@@ -25,3 +25,13 @@ def test_the_report_lists_every_figure_with_its_command_and_machine():
     assert "`.venv/bin/python -m bench.ingest`" in text and "`.venv/bin/python -m bench.api --quick`" in text
     assert "## api (quick run)" in text and "test box" in text
     assert text.index("## ingest") < text.index("## api")
+
+
+def test_a_benchmark_not_run_again_keeps_its_previous_section_and_a_new_run_replaces_its_own():
+    earlier = render(latest_runs([record("ingest", "1", False, ratio_pipeline_over_pipe=0.3),
+                                  record("metrics", "1", False, ratio=0.94)]))
+    text = render(latest_runs([record("ingest", "2", False, ratio_pipeline_over_pipe=0.45)]),
+                  previous_sections(earlier))
+    assert "| ratio_pipeline_over_pipe | 0.45 |" in text and "| ratio_pipeline_over_pipe | 0.3 |" not in text
+    assert "| ratio | 0.94 |" in text and text.index("## ingest") < text.index("## metrics")
+    assert previous_sections(text).keys() == {"ingest", "metrics"}
