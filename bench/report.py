@@ -93,8 +93,16 @@ def render(runs: dict[str, dict], previous: dict[str, str] | None = None) -> str
         head += [f"**Note.** {note}", "", ""]
     if not names:
         head.append("No benchmark has run yet: `make bench` (or `make bench BENCH_ARGS=--quick`).\n")
-    return "\n".join(head) + "\n".join(section(name, runs[name]) if name in runs else previous[name]
-                                        for name in names)
+    return "\n".join(head) + "\n".join(section(name, runs[name]) if _newer_is_better(name, runs, previous)
+                                        else previous[name] for name in names)
+
+
+def _newer_is_better(name: str, runs: dict[str, dict], previous: dict[str, str]) -> bool:
+    """A run on this machine replaces the previous section, unless it is a quick run and the section a full one."""
+    if name not in runs:
+        return False
+    kept = previous.get(name)
+    return not (runs[name].get("quick") and kept is not None and "(quick run)" not in kept.splitlines()[0])
 
 
 def main() -> None:

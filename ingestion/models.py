@@ -68,6 +68,8 @@ class SourceState(models.Model):
     newest_created_at = models.DateTimeField(null=True, blank=True, help_text="Newest loaded created_at.")
     source_max_id = models.BigIntegerField(null=True, blank=True)
     source_row_count = models.BigIntegerField(null=True, blank=True)
+    backlog_pending = models.BooleanField(
+        default=False, help_text="The last sync's time budget ran out with rows still to load: the next one goes on.")
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_batch_size = models.IntegerField(default=0)
     last_batch_seconds = models.FloatField(default=0)

@@ -168,13 +168,14 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
         next_lines = reads.submit(reader.lines_for_ids, chunks[0])
         for k, chunk in enumerate(chunks):
             lines = next_lines.result()
-            if k + 1 < len(chunks):
+            # The budget is checked before the next read starts, so that a sync cut short reads nothing it throws away.
+            more = k + 1 < len(chunks) and time.perf_counter() <= deadline
+            if more:
                 next_lines = reads.submit(reader.lines_for_ids, chunks[k + 1])
             _load_lines(source, state, lines, result)
             if progress:
                 progress(len(chunk))
-            if k + 1 < len(chunks) and time.perf_counter() > deadline:
-                next_lines.cancel()  # the read in flight is dropped, not loaded (leaving the pool waits for it)
+            if not more and k + 1 < len(chunks):
                 result.truncated = True
                 return
 
@@ -225,7 +226,7 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
         reader = SourceReader(source, pisa_variables())
         first_load = state.bookmark_created_at is None
         window_start = None if first_load else state.bookmark_created_at - LOOKBACK
-        previous = (None if state.source_row_count is None
+        previous = (None if state.source_row_count is None or state.backlog_pending
                     else SourceSnapshot(row_count=state.source_row_count, max_id=state.source_max_id))
         # Fast path: same row count and max id as last time means nothing was added or deleted, so the idle poll
         # that runs every second for every source costs one cheap query on the source.
@@ -252,8 +253,10 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
                     due or snapshot.row_count != _accounted_count(source, snapshot.max_id)):
                 _diff_ids(reader, source, state, snapshot.max_id, _accounted_ids(source), result, progress, deadline)
 
-        if first_load and not result.truncated:
-            state.last_reconciled_at = timezone.now()  # everything was just read: nothing to compare yet
+        if first_load:
+            # Everything up to this snapshot is new: nothing to compare yet, also when the budget cut the load short
+            # (an update after the snapshot moves the counter, and the comparison is due again).
+            state.last_reconciled_at = timezone.now()
             state.source_update_count = snapshot.updates
         if (due or full) and snapshot.max_id is not None and not result.truncated:
             _reconcile_content(reader, source, state, snapshot.max_id, result, progress)
@@ -262,9 +265,10 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
             result.reconciled = True
 
         state.source_max_id = snapshot.max_id
-        # Unless the budget ran out: no row count then, so that the next poll reads the ids again even if the source
-        # has not changed meanwhile (its fast path skips a source whose count and max id are as recorded).
-        state.source_row_count = None if result.truncated else snapshot.row_count
+        state.source_row_count = snapshot.row_count
+        # The next poll must read the ids again even if the source has not changed meanwhile (its fast path skips a
+        # source whose row count and max id are as recorded).
+        state.backlog_pending = result.truncated
         state.last_success_at = timezone.now()
         state.last_error = ""
         state.consecutive_failures = 0

@@ -35,3 +35,9 @@ def test_a_benchmark_not_run_again_keeps_its_previous_section_and_a_new_run_repl
     assert "| ratio_pipeline_over_pipe | 0.45 |" in text and "| ratio_pipeline_over_pipe | 0.3 |" not in text
     assert "| ratio | 0.94 |" in text and text.index("## ingest") < text.index("## metrics")
     assert previous_sections(text).keys() == {"ingest", "metrics"}
+
+
+def test_a_quick_run_does_not_replace_a_previous_full_section():
+    earlier = render(latest_runs([record("api", "1", False, ratio_304=0.91)]))
+    text = render(latest_runs([record("api", "2", True, ratio_304=0.5)]), previous_sections(earlier))
+    assert "| ratio_304 | 0.91 |" in text and "(quick run)" not in text

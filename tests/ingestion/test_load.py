@@ -69,9 +69,11 @@ def test_each_sync_reads_only_its_look_back_window_of_the_warehouse(source_db):
         cursor.execute("EXPLAIN (FORMAT JSON) " + _ACCOUNTED_IDS_SQL.format(since="AND source_created_at >= %(since)s"),
                        {"source": alb.source.pk, "since": window_start})
         plan = cursor.fetchone()[0][0]["Plan"]
-    # A range scan of the window's index entries, not a read of every student of the source.
-    [student_scan] = [node for node in _plan_nodes(plan) if node.get("Relation Name") == Student._meta.db_table]
-    assert (student_scan["Node Type"], student_scan["Index Name"]) == ("Index Only Scan", "student_source_created")
+    # A range scan of the window's index entries (index-only or through a bitmap), never a read of every student.
+    nodes = list(_plan_nodes(plan))
+    assert not [node for node in nodes if node["Node Type"] == "Seq Scan"
+                and node.get("Relation Name") == Student._meta.db_table]
+    assert [node for node in nodes if node.get("Index Name") == "student_source_created"]
 
 
 def _plan_nodes(node: dict):
