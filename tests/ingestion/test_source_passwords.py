@@ -16,6 +16,7 @@ from ingestion.pipeline import source_sync
 from ingestion.services import source_register
 from ingestion.tasks import sync_source
 from pisa_site.embedded import _free_port
+from tests.conftest import shared_path
 
 PASSWORD = "Tr0ub4dor-s3cret"
 
@@ -26,7 +27,13 @@ def unreachable_url(password: str = PASSWORD, **parts: str) -> str:
 
 
 @pytest.fixture
-def failing_source(db):
+def codebook():
+    """A sync reads the codebook's variables even when its source is down: skipped, saying why, without it."""
+    return shared_path("pisa2018", "codebook.csv")
+
+
+@pytest.fixture
+def failing_source(db, codebook):
     """A registered source whose server is down: one sync has failed and recorded why."""
     source = source_register(code="AUT", name="Austria", url=unreachable_url())
     result = source_sync(source_id=source.pk)
@@ -34,7 +41,7 @@ def failing_source(db):
     return source
 
 
-def test_a_failing_sync_never_logs_the_password(db, caplog):
+def test_a_failing_sync_never_logs_the_password(db, codebook, caplog):
     source = source_register(code="AUT", name="Austria", url=unreachable_url())
     with caplog.at_level(logging.DEBUG):
         source_sync(source_id=source.pk)
@@ -123,7 +130,7 @@ def test_the_kept_password_follows_a_new_database_but_never_another_server(faili
     assert failing_source.url == typed
 
 
-def test_a_password_with_a_bare_at_sign_is_refused_and_never_half_shown(db, client, caplog):
+def test_a_password_with_a_bare_at_sign_is_refused_and_never_half_shown(db, codebook, client, caplog):
     """`reader:pass@word-9f2@host` reads as password `pass` at host `word-9f2@host`: the driver would quote
     `word-9f2` back in its error. Registering it is refused; one already stored is not even tried."""
     url = unreachable_url("pass@word-9f2")
