@@ -152,8 +152,6 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
               deadline: float):
     """Load these ids batch by batch, oldest first, until done or `deadline` (perf_counter) passes; then set
     `result.truncated` and leave the rest to the next sync."""
-    if result.truncated:
-        return
     chunks = list(_in_batches(sorted(ids)))
     if len(chunks) <= 1:  # a poll's few rows: no thread
         for chunk in chunks:
@@ -168,14 +166,15 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
         next_lines = reads.submit(reader.lines_for_ids, chunks[0])
         for k, chunk in enumerate(chunks):
             lines = next_lines.result()
+            last = k + 1 == len(chunks)
             # The budget is checked before the next read starts, so that a sync cut short reads nothing it throws away.
-            more = k + 1 < len(chunks) and time.perf_counter() <= deadline
-            if more:
+            out_of_time = not last and time.perf_counter() > deadline
+            if not (last or out_of_time):
                 next_lines = reads.submit(reader.lines_for_ids, chunks[k + 1])
             _load_lines(source, state, lines, result)
             if progress:
                 progress(len(chunk))
-            if not more and k + 1 < len(chunks):
+            if out_of_time:
                 result.truncated = True
                 return
 
