@@ -39,12 +39,13 @@ FEMALE, MALE = 1.0, 2.0
 # states built at different times still add up.
 SCORE_ORIGIN = 500.0
 SECONDS_PER_MINUTE = 60
-STATE_FORMAT_VERSION = 2
-# Format 1 was an .npz archive of the same arrays; it is still read, so a deployment upgrades without a rebuild.
-READABLE_FORMAT_VERSIONS = (1, 2)
+STATE_FORMAT_VERSION = 3
+# Format 1 was an .npz archive of the same arrays, format 2 the same layout as 3 without the peaks; both are still
+# read (their peaks start at the sums they hold), so a deployment upgrades without a rebuild.
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 STATE_MAGIC = b"PISA-STATE\n"
-# Sums that are equal "up to float rounding": relative to the largest magnitude in the same array, since a sum that
-# went up and came back down carries the rounding of the larger values it once held.
+# Sums that are equal "up to float rounding": relative to the largest magnitude either array has ever held (its peak),
+# since a sum that went up and came back down carries the rounding of the larger values it once held.
 DEFAULT_RELATIVE_TOLERANCE = 1e-9
 # Students per matrix product when building a state: bounds the temporary factor matrix (~260 columns) to ~40 MB.
 ROWS_PER_CHUNK = 20_000
@@ -88,6 +89,10 @@ SUM_SHAPES: dict[str, tuple[int, ...]] = {
 
 class StateMismatchError(ValueError):
     """Raised when a subtraction removes students the state does not hold (its counts would go negative)."""
+
+
+def _magnitude(array: np.ndarray) -> float:
+    return float(np.abs(array).max(initial=0.0))
 
 
 def _as_float_array(name: str, values, shape: tuple[int, ...]) -> np.ndarray:
@@ -281,6 +286,14 @@ class CountryState:
     # floor(created_at / 60) (sorted) and the number of students created in that minute
     minutes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     minute_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.int64))
+    # name -> the largest magnitude that sum array has held: the scale of the rounding it carries (see `difference`)
+    peaks: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        peaks = {name: float(self.peaks.get(name, 0.0)) for name in SUM_SHAPES}
+        for name in SUM_SHAPES:
+            peaks[name] = max(peaks[name], _magnitude(self.sums[name]))
+        object.__setattr__(self, "peaks", peaks)
 
     @classmethod
     def empty(cls) -> CountryState:
@@ -308,6 +321,7 @@ class CountryState:
         return CountryState(
             sums={name: self.sums[name] + sign * other.sums[name] for name in SUM_SHAPES},
             school_ids=school_ids, school_counts=school_counts, minutes=minutes, minute_counts=minute_counts,
+            peaks={name: max(self.peaks[name], other.peaks[name]) for name in SUM_SHAPES},
         )
 
     def __add__(self, other: CountryState) -> CountryState:
@@ -334,7 +348,8 @@ class CountryState:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"school_ids": self.school_ids, "school_counts": self.school_counts, "minutes": self.minutes,
-                "minute_counts": self.minute_counts, **{f"sum_{name}": array for name, array in self.sums.items()}}
+                "minute_counts": self.minute_counts, **{f"sum_{name}": array for name, array in self.sums.items()},
+                "peaks": np.array([self.peaks[name] for name in SUM_SHAPES])}
 
     def to_bytes(self) -> bytes:
         """A JSON header (format version, populations, each array's name, dtype and shape) and the arrays' bytes.
@@ -368,9 +383,13 @@ class CountryState:
             if key not in arrays or arrays[key].shape != shape:
                 raise ValueError(f"stored CountryState lacks {name} of shape {shape}: rebuild the state")
             sums[name] = arrays[key]
+        stored_peaks = arrays.get("peaks", np.zeros(0))
+        if stored_peaks.shape not in ((0,), (len(SUM_SHAPES),)):
+            raise ValueError(f"stored CountryState has {stored_peaks.shape} peaks, expected {len(SUM_SHAPES)}")
         return cls(
             sums=sums, school_ids=arrays["school_ids"], school_counts=arrays["school_counts"],
             minutes=arrays["minutes"], minute_counts=arrays["minute_counts"],
+            peaks=dict(zip(SUM_SHAPES, stored_peaks.tolist())),
         )
 
     # --- comparison ---------------------------------------------------------------------------------------------
@@ -380,7 +399,7 @@ class CountryState:
         problems = []
         for name in SUM_SHAPES:
             mine, theirs = self.sums[name], other.sums[name]
-            scale = max(float(np.abs(mine).max(initial=0.0)), float(np.abs(theirs).max(initial=0.0)))
+            scale = max(self.peaks[name], other.peaks[name])
             gap = np.abs(mine - theirs)
             off = gap > rtol * scale
             if off.any():

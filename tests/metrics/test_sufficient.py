@@ -174,3 +174,50 @@ def test_a_student_with_only_some_plausible_values_is_refused():
     reading[1, 4] = np.nan
     with pytest.raises(ValueError, match="some but not all READ plausible values"):
         synthetic_batch(3, pv={**batch.pv, "READ": reading})
+
+
+def test_a_sum_that_went_up_and_came_back_to_zero_matches_a_rebuild_despite_its_rounding():
+    # The chaos test's BEL: the students below Level 2 left, and the incremental sum kept ~1e-13 of rounding where a
+    # rebuild holds an exact 0. The rounding is measured against the largest magnitude the sum has held.
+    strong = synthetic_batch(5, seed=1, pv={domain: np.full((5, 10), 700.0) for domain in ("READ", "MATH", "SCIE")})
+    state = CountryState.from_batch(strong)
+    weak_students = [synthetic_batch(1, seed=seed, pv={domain: np.full((1, 10), 300.0 + seed / 7)
+                                                       for domain in ("READ", "MATH", "SCIE")})
+                     for seed in range(2, 40)]
+    for weak in weak_students:
+        state = state + CountryState.from_batch(weak)
+    for weak in weak_students:
+        state = state - CountryState.from_batch(weak)
+
+    rebuilt = CountryState.from_batch(strong)
+    assert not rebuilt.sums["score_w_below_level2"].any()
+    assert state.sums["score_w_below_level2"].any(), "the scenario should leave rounding behind"
+    assert state.difference(rebuilt) == []
+    assert CountryState.from_bytes(state.to_bytes()).difference(rebuilt) == []
+
+
+def test_a_missing_student_is_a_difference_even_in_a_sum_that_once_was_much_larger():
+    strong = synthetic_batch(5, seed=1, pv={domain: np.full((5, 10), 700.0) for domain in ("READ", "MATH", "SCIE")})
+    crowd = synthetic_batch(2_000, seed=2)
+    lone_weak = synthetic_batch(1, seed=3, pv={domain: np.full((1, 10), 300.0) for domain in ("READ", "MATH", "SCIE")})
+    state = CountryState.from_batch(strong) + CountryState.from_batch(crowd) - CountryState.from_batch(crowd)
+    state = state + CountryState.from_batch(lone_weak)
+    problems = state.difference(CountryState.from_batch(strong))
+    assert any(problem.startswith("score_w_below_level2:") for problem in problems)
+
+
+def test_a_state_stored_in_format_2_without_peaks_is_still_read(sample_batches):
+    import struct
+
+    from metrics.sufficient import STATE_MAGIC
+
+    state = CountryState.from_batch(sample_batches["FRA"])
+    arrays = {"school_ids": state.school_ids, "school_counts": state.school_counts, "minutes": state.minutes,
+              "minute_counts": state.minute_counts, **{f"sum_{name}": array for name, array in state.sums.items()}}
+    header = json.dumps({"format_version": 2, "populations": list(POPULATIONS),
+                         "arrays": [[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()]})
+    data = b"".join([STATE_MAGIC, struct.pack("<I", len(header)), header.encode(),
+                     *(np.ascontiguousarray(array).tobytes() for array in arrays.values())])
+    restored = CountryState.from_bytes(data)
+    assert restored.difference(state) == []
+    assert restored.peaks == state.peaks
