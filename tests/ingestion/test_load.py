@@ -1,4 +1,5 @@
-"""The load's cost follows the batch, not the warehouse: matching a batch to its students is index lookups."""
+"""The load's cost follows the batch, not the warehouse: matching a batch to its students is index lookups, and a
+batch of students the warehouse does not hold yet is written without matching at all."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from django.db import connection, transaction
 
 from ingestion.extract import SourceReader
 from ingestion.layout import pisa_variables
-from ingestion.load import batch_load
-from ingestion.models import Student
+from ingestion.layout import ANALYSIS_COLUMNS
+from ingestion.load import LoadResult, _staged_upsert, batch_load, country_write_lock
+from ingestion.models import QuarantinedRow, Student, StudentChange
 from ingestion.pipeline import source_sync
 from ingestion.transform import transform
 
@@ -91,3 +93,82 @@ def test_a_staged_batch_stays_in_memory():
         cursor.execute("SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings WHERE name = 'temp_buffers'")
         temp_buffers = cursor.fetchone()[0]
     assert temp_buffers >= BATCH_ROWS * 8192 * 2  # a staged row takes a page of its own; room for two batches
+
+
+def _batch_of(source, row_ids):
+    reader = SourceReader(source.source, pisa_variables())
+    return transform(reader.lines_for_ids(sorted(row_ids)), pisa_variables(), country=source.code)
+
+
+_COMPARED_STUDENT_COLUMNS = ("source_id", "country", "cntstuid", "cntschid", "source_row_id", "source_created_at",
+                             "raw", "raw_md5", *ANALYSIS_COLUMNS)
+_COMPARED_CHANGE_COLUMNS = ("sign", "country", "cntschid", "source_created_at", *ANALYSIS_COLUMNS)
+
+
+def _warehouse_rows(source_id: int) -> tuple[list, list]:
+    students = list(Student.objects.filter(source_id=source_id).order_by("source_row_id")
+                    .values_list(*_COMPARED_STUDENT_COLUMNS))
+    changes = list(StudentChange.objects.order_by("source_created_at", "cntschid", "id")
+                   .values_list(*_COMPARED_CHANGE_COLUMNS))
+    return students, changes
+
+
+def test_new_students_written_straight_by_copy_equal_the_same_batch_upserted(source_db):
+    alb = source_db("ALB")
+    # The sample's missing values (NULL, and codes such as 99 that become NULL) must arrive as NULL, never as NaN.
+    ids = alb.insert_students(400) + alb.insert_students(3, ESCS=None, ST004D01T=None) + alb.insert_students(
+        2, PV1MATH=None, PV2MATH=None, PV3MATH=None, PV4MATH=None, PV5MATH=None, PV6MATH=None, PV7MATH=None,
+        PV8MATH=None, PV9MATH=None, PV10MATH=None)
+    batch = _batch_of(alb, ids)
+    assert len(batch.good_index) == len(ids)
+
+    with transaction.atomic():
+        load = batch_load(source_id=alb.source.pk, country="ALB", batch=batch)
+    copied = _warehouse_rows(alb.source.pk)
+    Student.objects.all().delete()
+    StudentChange.objects.all().delete()
+    with transaction.atomic(), connection.cursor() as cursor:
+        country_write_lock(cursor.cursor, country="ALB")
+        upserted_result = LoadResult()
+        _staged_upsert(cursor.cursor, source_id=alb.source.pk, country="ALB", batch=batch, result=upserted_result)
+    upserted = _warehouse_rows(alb.source.pk)
+
+    assert load.inserted_or_updated == upserted_result.inserted_or_updated == len(ids)
+    assert copied == upserted
+    students, changes = copied
+    assert len(changes) == len(ids) and {change[0] for change in changes} == {1}
+    escs = ANALYSIS_COLUMNS.index("escs") + 8
+    assert sum(student[escs] is None for student in students) >= 3
+    assert not any(value != value for student in students for value in student[8:] if isinstance(value, float))
+    assert Student.objects.filter(source=alb.source, pv1math__isnull=True).count() == 2
+
+
+def test_a_batch_with_a_student_the_warehouse_holds_is_matched_and_upserted(source_db):
+    alb = source_db("ALB")
+    first = alb.insert_students(5)
+    source_sync(source_id=alb.source.pk)
+    # Its CNTSTUID is taken by a newer row: the new row must replace the student, not be added beside it.
+    cntstuid = Student.objects.get(source=alb.source, source_row_id=first[0]).cntstuid
+    newer = alb.insert_students(1, CNTSTUID=cntstuid) + alb.insert_students(3)
+    with transaction.atomic():
+        load = batch_load(source_id=alb.source.pk, country="ALB", batch=_batch_of(alb, newer))
+
+    assert load.inserted_or_updated == 4 and load.duplicates == 1
+    assert Student.objects.filter(source=alb.source).count() == 8
+    assert Student.objects.get(country="ALB", cntstuid=cntstuid).source_row_id == newer[0]
+    assert StudentChange.objects.filter(sign=-1).count() == 1
+
+
+def test_a_new_student_leaves_the_quarantine_when_its_fixed_row_loads(source_db):
+    alb = source_db("ALB")
+    [row_id] = alb.insert_students(1, W_FSTUWT=None)
+    source_sync(source_id=alb.source.pk)
+    assert QuarantinedRow.objects.filter(source=alb.source, source_row_id=row_id).exists()
+    alb.execute("UPDATE responses SET w_fstuwt = 12.5 WHERE id = :id", id=row_id)
+
+    with transaction.atomic():
+        load = batch_load(source_id=alb.source.pk, country="ALB", batch=_batch_of(alb, [row_id]))
+
+    assert load.inserted_or_updated == 1
+    assert not QuarantinedRow.objects.filter(source=alb.source).exists()
+    assert Student.objects.get(source=alb.source, source_row_id=row_id).w_fstuwt == 12.5
