@@ -134,10 +134,10 @@ def batch_load(*, source_id: int, country: str, batch: Transformed) -> LoadResul
         cursor = cursor.cursor  # psycopg2's own cursor, for COPY
         country_write_lock(cursor, country=country)
         if len(batch.good_index):
-            now = _when_every_student_is_new(cursor, source_id=source_id, country=country, batch=batch)
-            if now is not None:
+            new = _when_every_student_is_new(cursor, source_id=source_id, country=country, batch=batch)
+            if new is not None:
                 result.inserted_or_updated += _new_students_insert(
-                    cursor, source_id=source_id, country=country, batch=batch, now=now)
+                    cursor, source_id=source_id, country=country, batch=batch, new=new)
             else:
                 _staged_upsert(cursor, source_id=source_id, country=country, batch=batch, result=result)
         if batch.duplicates:
@@ -245,21 +245,28 @@ _EVERY_STUDENT_NEW_SQL = f"""
                            SELECT FROM {STUDENT} x WHERE x.country = %(country)s AND x.cntstuid = t.cntstuid OFFSET 0) s)
        AND NOT EXISTS (SELECT FROM unnest(%(row_ids)s::bigint[]) AS t(row_id) CROSS JOIN LATERAL (
                            SELECT FROM {STUDENT} x WHERE x.source_id = %(source)s AND x.source_row_id = t.row_id
-                           OFFSET 0) s)"""
+                           OFFSET 0) s),
+           EXISTS (SELECT FROM {QUARANTINE} WHERE source_id = %(source)s)"""
 # In the order of the fields of `_new_students_payloads`.
 NEW_STUDENT_COLUMNS = (f"source_id, cntstuid, source_row_id, loaded_at, raw_md5, source_created_at, cntschid, country, "
                        f"{ANALYSIS}, raw")
 NEW_CHANGE_COLUMNS = f"sign, recorded_at, source_created_at, cntschid, country, {ANALYSIS}"
 
 
-def _when_every_student_is_new(cursor, *, source_id: int, country: str, batch: Transformed):
-    """The transaction's now() when the warehouse has none of the batch's students (by CNTSTUID, or by source row:
-    a row whose CNTSTUID changed), else None."""
+@dataclass(frozen=True)
+class _NewStudents:
+    now: dt.datetime  # the transaction's now(), for loaded_at and recorded_at
+    source_has_quarantine: bool
+
+
+def _when_every_student_is_new(cursor, *, source_id: int, country: str, batch: Transformed) -> _NewStudents | None:
+    """None unless the warehouse has none of the batch's students (by CNTSTUID, or by source row: a row whose
+    CNTSTUID changed)."""
     cursor.execute(_EVERY_STUDENT_NEW_SQL, {
         "cntstuid": batch.cntstuid.tolist(), "country": country, "source": source_id,
         "row_ids": batch.good.row_ids[batch.good_index].tolist()})
-    now, every_student_new = cursor.fetchone()
-    return now if every_student_new else None
+    now, every_student_new, source_has_quarantine = cursor.fetchone()
+    return _NewStudents(now, source_has_quarantine) if every_student_new else None
 
 
 def _postgres_microseconds(moment: dt.datetime) -> int:
@@ -331,13 +338,14 @@ def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, 
     return io.BytesIO(b"".join(student_parts)), io.BytesIO(b"".join(change_parts))
 
 
-def _new_students_insert(cursor, *, source_id: int, country: str, batch: Transformed, now: dt.datetime) -> int:
-    students, changes = _new_students_payloads(batch, source_id=source_id, country=country, now=now)
+def _new_students_insert(cursor, *, source_id: int, country: str, batch: Transformed, new: _NewStudents) -> int:
+    students, changes = _new_students_payloads(batch, source_id=source_id, country=country, now=new.now)
     cursor.copy_expert(f"COPY {STUDENT} ({NEW_STUDENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)", students)
     cursor.copy_expert(f"COPY {CHANGE} ({NEW_CHANGE_COLUMNS}) FROM STDIN WITH (FORMAT binary)", changes)
     # Rows that load now are no longer in quarantine (the source fixed them).
-    cursor.execute(f"DELETE FROM {QUARANTINE} WHERE source_id = %s AND source_row_id = ANY(%s)",
-                   [source_id, batch.good.row_ids[batch.good_index].tolist()])
+    if new.source_has_quarantine:
+        cursor.execute(f"DELETE FROM {QUARANTINE} WHERE source_id = %s AND source_row_id = ANY(%s)",
+                       [source_id, batch.good.row_ids[batch.good_index].tolist()])
     return len(batch.good_index)
 
 
