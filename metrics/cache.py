@@ -37,7 +37,7 @@ def _client():
     return cache._cache.get_client(write=True)
 
 
-def country_document_publish(*, country: str, document: dict, version: int) -> None:
+def country_document_publish(*, country: str, document: dict, version: str) -> None:
     body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     pipe = _client().pipeline()
     pipe.set(COUNTRY_DOCUMENT.format(country), body)

@@ -12,6 +12,8 @@ class CountryMetricsState(models.Model):
     # Percentiles need every student's scores, so they are recomputed on their own, slower clock.
     percentiles = models.JSONField(null=True, blank=True)
     percentiles_at = models.DateTimeField(null=True, blank=True)
+    # The change-log position the percentiles cover: they are due again only once changes were folded after it.
+    percentiles_change_id = models.BigIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

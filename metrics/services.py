@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from ingestion.load import country_write_lock
+from ingestion.locks import redis_lock
 from ingestion.models import SourceState, Student
 from metrics import cache
 from metrics.estimators import country_statistics, score_percentiles
@@ -23,6 +25,12 @@ from metrics.warehouse import changes_after, country_scores, country_students, p
 logger = logging.getLogger(__name__)
 
 PERCENTILES_SECONDS = getattr(settings, "METRICS_PERCENTILES_SECONDS", 30)
+# At most one percentile computation at a time in the whole deployment, and never under a country's write lock. Each
+# reads every student of its country (~0.3 s at PISA size); run inside the refresh, with every country due at about the
+# same moment, they took every metrics worker for seconds and the dashboards' counts waited behind them (bench.scale:
+# API p99 8.3 s). A refresh that finds the lock taken publishes its counts and leaves the percentiles to a later one.
+PERCENTILES_LOCK = "metrics:percentiles"
+PERCENTILES_LOCK_SECONDS = 60
 
 
 @dataclass
@@ -90,32 +98,62 @@ def _locked_state_with_changes(country: str) -> tuple[CountryMetricsState, Count
     return row, state, changes, newest_change
 
 
+def _published_version(row: CountryMetricsState) -> str:
+    """What the API's ETags are made of: the change-log position, and which percentiles the document carries."""
+    stamp = int(row.percentiles_at.timestamp() * 1_000_000) if row.percentiles_at else 0
+    return f"{row.last_change_id}.{stamp}"
+
+
+def _percentiles_due(row: CountryMetricsState) -> bool:
+    """Never computed, or older than PERCENTILES_SECONDS and computed before the last change folded."""
+    if row.percentiles_at is None:
+        return True
+    return (row.percentiles_change_id != row.last_change_id
+            and timezone.now() - row.percentiles_at > dt.timedelta(seconds=PERCENTILES_SECONDS))
+
+
 def country_metrics_refresh(*, country: str, force_percentiles: bool = False) -> RefreshResult:
-    """Fold the new changes of a country into its state and publish its statistics. Idempotent: changes are read
-    by id after the stored bookmark, in the same transaction that saves the new state and bookmark."""
+    """Fold the new changes of a country into its state and publish its statistics; then, when they are due, its
+    percentiles (see `country_percentiles_refresh`). Idempotent: changes are read by id after the stored bookmark, in
+    the same transaction that saves the new state and bookmark."""
     started = time.perf_counter()
     with transaction.atomic():
         row, state, changes, newest_change = _locked_state_with_changes(country)
         if changes:
-            row.state = state.to_bytes()
+            row.state = state.to_bytes()  # the ~400 KB state only when changes were folded
             prune_changes(country, newest_change)
             row.last_change_id = newest_change
-        due = (row.percentiles_at is None
-               or timezone.now() - row.percentiles_at > dt.timedelta(seconds=PERCENTILES_SECONDS))
-        recompute = force_percentiles or (changes and due) or row.percentiles is None
-        if recompute:
-            # Only the weights, scores and schools of every student: a binary COPY read in place (metrics/warehouse.py)
-            row.percentiles = _percentiles(*country_scores(country)) if state.n_students() else None
-            row.percentiles_at = timezone.now()
-        # Only what changed: the ~400 KB state when changes were folded, the percentiles on their own clock.
-        changed_fields = [*(["state", "last_change_id"] if changes else []),
-                          *(["percentiles", "percentiles_at"] if recompute else [])]
-        if changed_fields:
-            row.save(update_fields=[*changed_fields, "updated_at"])
-        document = _document(country, state, row.percentiles, row.last_change_id)
-    cache.country_document_publish(country=country, document=document, version=row.last_change_id)
+            row.save(update_fields=["state", "last_change_id", "updated_at"])
+        # Published under the locks, so that two refreshes of a country publish in the order they folded.
+        cache.country_document_publish(country=country, document=_document(country, state, row.percentiles,
+                                                                            row.last_change_id),
+                                       version=_published_version(row))
+        percentiles_wanted = force_percentiles or _percentiles_due(row)
+    recomputed = percentiles_wanted and country_percentiles_refresh(country=country, force=force_percentiles)
     return RefreshResult(country=country, changes=changes, seconds=time.perf_counter() - started,
-                         percentiles_recomputed=bool(recompute))
+                         percentiles_recomputed=recomputed)
+
+
+def country_percentiles_refresh(*, country: str, force: bool = False) -> bool:
+    """Recompute a country's score percentiles from all its students, and publish them. Runs outside the country's
+    write lock: its loads and refreshes go on meanwhile. Unless `force`, does nothing and returns False when another
+    computation holds the deployment's percentiles lock."""
+    with redis_lock(PERCENTILES_LOCK, token=uuid.uuid4().hex, ttl_seconds=PERCENTILES_LOCK_SECONDS) as lock:
+        if not (lock.acquired or force):
+            return False
+        # Read first: the students read next hold at least every change up to it (a later one makes them due again).
+        covered = CountryMetricsState.objects.filter(country=country).values_list("last_change_id", flat=True).first()
+        weights, pv, school_id = country_scores(country)
+        percentiles = _percentiles(weights, pv, school_id) if len(weights) else None
+    with transaction.atomic():
+        row = CountryMetricsState.objects.select_for_update().get(country=country)
+        row.percentiles, row.percentiles_at, row.percentiles_change_id = percentiles, timezone.now(), covered
+        row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
+        state = CountryState.from_bytes(bytes(row.state))
+        cache.country_document_publish(country=country, document=_document(country, state, percentiles,
+                                                                            row.last_change_id),
+                                       version=_published_version(row))
+    return True
 
 
 @dataclass
@@ -139,6 +177,7 @@ def country_metrics_rebuild(*, country: str, verify: bool = False) -> RebuildRes
             row.percentiles = (_percentiles(students.weights, students.pv, students.school_id) if len(students)
                                else None)
             row.percentiles_at = timezone.now()
+            row.percentiles_change_id = newest_change
         else:
             row.state = incremental.to_bytes()
         prune_changes(country, newest_change)

@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from ingestion.followup import metrics_refresh_request, pending_key
 from ingestion.locks import _client
-from metrics.services import country_metrics_refresh
-from metrics.warehouse import countries_with_changes_recorded_before
+from metrics.services import PERCENTILES_SECONDS, country_metrics_refresh
+from metrics.warehouse import countries_with_changes_recorded_before, countries_with_percentiles_behind
 
 REFRESH_SOFT_TIME_LIMIT = 60
 REFRESH_TIME_LIMIT = 90
@@ -31,7 +31,10 @@ def refresh_overdue() -> list[str]:
     """Run by beat every METRICS_SWEEP_SECONDS: request a refresh for every country whose changes have waited longer
     than METRICS_OVERDUE_SECONDS. A refresh message can be lost (one reserved by a metrics worker when Redis went
     away is only redelivered after the visibility timeout), and the pending mark would then hold back the requests of
-    later loads until it expires; a country that then receives no new rows would never be folded."""
-    overdue = countries_with_changes_recorded_before(timezone.now() - dt.timedelta(
-        seconds=settings.METRICS_OVERDUE_SECONDS))
-    return [country for country in overdue if metrics_refresh_request(country=country)]
+    later loads until it expires; a country that then receives no new rows would never be folded. Likewise for a
+    country whose percentiles are due but no longer receives rows (or whose refreshes found the percentiles lock
+    taken)."""
+    now = timezone.now()
+    overdue = set(countries_with_changes_recorded_before(now - dt.timedelta(seconds=settings.METRICS_OVERDUE_SECONDS)))
+    overdue.update(countries_with_percentiles_behind(computed_before=now - dt.timedelta(seconds=PERCENTILES_SECONDS)))
+    return [country for country in sorted(overdue) if metrics_refresh_request(country=country)]

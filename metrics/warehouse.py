@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 from django.db import connection
+from django.db.models import F
 
 from ingestion.layout import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS
 from ingestion.models import Source, Student, StudentChange
@@ -116,3 +117,12 @@ def countries_with_changes_recorded_before(moment) -> list[str]:
             [moment],
         )
         return [code for (code,) in cursor.fetchall()]
+
+
+def countries_with_percentiles_behind(*, computed_before) -> list[str]:
+    """Countries whose percentiles were computed before `computed_before` and before their last folded change: due,
+    also when no new row arrives to trigger a refresh (the last changes of a stream would otherwise never reach them)."""
+    from metrics.models import CountryMetricsState
+
+    return sorted(CountryMetricsState.objects.filter(percentiles_at__lt=computed_before)
+                  .exclude(percentiles_change_id=F("last_change_id")).values_list("country", flat=True))

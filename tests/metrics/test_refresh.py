@@ -1,14 +1,20 @@
 """The metrics refresh folds the warehouse's change log into each country's state: equal to a rebuild, always."""
 
-import pytest
+import datetime as dt
 
+import pytest
+from django.utils import timezone
+
+from ingestion.locks import redis_lock
 from ingestion.models import SourceState
 from ingestion.pipeline import source_sync
 from metrics import cache
 from metrics.estimators import country_statistics
-from metrics.services import country_metrics_rebuild, country_metrics_refresh
+from metrics.models import CountryMetricsState
+from metrics.services import (PERCENTILES_LOCK, PERCENTILES_SECONDS, country_metrics_rebuild,
+                              country_metrics_refresh)
 from metrics.sufficient import CountryState
-from metrics.warehouse import country_students
+from metrics.warehouse import countries_with_percentiles_behind, country_scores, country_students
 
 
 def reconcile_now(source):
@@ -58,9 +64,17 @@ def test_a_refresh_with_nothing_new_changes_nothing(source_db):
     alb.insert_students(12)
     source_sync(source_id=alb.source.pk)
     first = country_metrics_refresh(country="ALB")
+    version, etag = published("ALB")["version"], _etag_of_alb()
     again = country_metrics_refresh(country="ALB")
     assert (first.changes, again.changes) == (12, 0)
-    assert published("ALB")["version"] == published("ALB")["version"]
+    assert not again.percentiles_recomputed
+    assert (published("ALB")["version"], _etag_of_alb()) == (version, etag)
+
+
+def _etag_of_alb() -> str:
+    cache.versions_forget()
+    snapshot = cache.versions_snapshot()
+    return cache.etag_of("country", ["ALB"], [snapshot.versions.get("ALB")])
 
 
 def test_percentiles_are_published_with_the_other_score_statistics(source_db):
@@ -71,3 +85,67 @@ def test_percentiles_are_published_with_the_other_score_statistics(source_db):
     read = published("ALB")["statistics"]["scores"]["READ"]
     assert {"mean", "p10", "p90", "gender_gap", "below_level2", "escs_gradient", "escs_strength"} <= set(read)
     assert read["p10"]["value"] < read["mean"]["value"] < read["p90"]["value"]
+
+
+def _make_percentiles_due(country: str) -> None:
+    CountryMetricsState.objects.filter(country=country).update(
+        percentiles_at=timezone.now() - dt.timedelta(seconds=PERCENTILES_SECONDS + 1))
+
+
+def test_a_refresh_that_finds_the_percentiles_lock_taken_publishes_its_counts_and_leaves_the_percentiles(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(30)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    before = published("ALB")["statistics"]["scores"]["READ"]["p10"]
+    alb.insert_students(30)
+    source_sync(source_id=alb.source.pk)
+    _make_percentiles_due("ALB")
+
+    with redis_lock(PERCENTILES_LOCK, token="another worker", ttl_seconds=30):
+        busy = country_metrics_refresh(country="ALB")
+    assert (busy.changes, busy.percentiles_recomputed) == (30, False)
+    assert published("ALB")["statistics"]["n_students"] == 60
+    assert published("ALB")["statistics"]["scores"]["READ"]["p10"] == before
+
+    # No new row: the next refresh (the overdue sweep asks for one) computes them over all 60 students.
+    assert countries_with_percentiles_behind(computed_before=timezone.now()) == ["ALB"]
+    etag = _etag_of_alb()
+    later = country_metrics_refresh(country="ALB")
+    assert (later.changes, later.percentiles_recomputed) == (0, True)
+    assert published("ALB")["statistics"]["scores"]["READ"]["p10"]["n_students"] == 60
+    assert _etag_of_alb() != etag  # a dashboard holding the old document is sent the new one
+    assert countries_with_percentiles_behind(computed_before=timezone.now()) == []
+
+
+def test_percentiles_are_not_recomputed_before_they_are_due(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(20)
+    source_sync(source_id=alb.source.pk)
+    assert country_metrics_refresh(country="ALB").percentiles_recomputed  # the first ones
+    alb.insert_students(5)
+    source_sync(source_id=alb.source.pk)
+    assert not country_metrics_refresh(country="ALB").percentiles_recomputed
+    _make_percentiles_due("ALB")
+    assert country_metrics_refresh(country="ALB").percentiles_recomputed
+
+
+def test_percentiles_are_computed_outside_the_countrys_write_lock(source_db, monkeypatch):
+    from django.db import connection
+
+    import metrics.services as services
+
+    alb = source_db("ALB")
+    alb.insert_students(20)
+    source_sync(source_id=alb.source.pk)
+    held = []
+
+    def scores_noting_the_lock(country):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            held.append(cursor.fetchone()[0])
+        return country_scores(country)
+
+    monkeypatch.setattr(services, "country_scores", scores_noting_the_lock)
+    assert country_metrics_refresh(country="ALB").percentiles_recomputed
+    assert held == [0]
