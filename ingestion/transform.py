@@ -216,6 +216,11 @@ class _ArrowRead:
 
 def _arrow_read(plan: Plan, unparsed: frozenset[str]) -> _ArrowRead:
     types = {name: pa.float64() for name in plan.numeric_names}
+    if plan.allowed_table is not None:
+        # Fast path: when every code of the codebook is a small integer, categorical variables are read as integers,
+        # which Arrow parses faster than floats (and hands over as float64 all the same). A cell that is not an
+        # integer (1.5, 1e40) fails the batch's read like text does, and pandas' fallback gives it its verdict.
+        types.update({plan.numeric_names[k]: pa.int32() for k in plan.categorical})
     types.update({"__id": pa.int64(), "__created_at": pa.string()})
     types.update({name: pa.string() for name in plan.names if name not in types})
     included = [name for name in ("__id", "__created_at", *plan.names) if name not in unparsed]

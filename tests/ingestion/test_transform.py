@@ -142,3 +142,13 @@ def test_text_in_a_variable_the_source_does_not_type_as_a_number_is_still_found(
     result = transform(lines, variables, country="ALB", held_as_numbers=frozenset())
     assert [(row_id, reasons) for row_id, _, reasons, _ in result.quarantined] == [
         (20, [f"{continuous}: 'abc' is not a number"])]
+
+
+def test_a_large_batch_with_a_code_that_is_not_an_integer_still_gets_its_verdict(variables, monkeypatch):
+    # Arrow reads categorical variables as integers: 1.5 fails that read, and the fallback must still judge the cell.
+    use_parser(monkeypatch, PARSERS[1])
+    lines = [line(variables, i, {}) for i in range(1, 20)] + [line(variables, 20, {"ST004D01T": 1.5})]
+    result = transform(lines, variables, country="ALB")
+    assert [(row_id, reasons) for row_id, _, reasons, _ in result.quarantined] == [
+        (20, ["ST004D01T: 1.5 is not a code of this variable"])]
+    assert len(result.good_index) == 19
