@@ -33,10 +33,6 @@ _engines_lock = threading.Lock()
 # in case the source's schema changed.
 TABLE_REFLECTION_SECONDS = 300
 _tables: dict[tuple[str, str], tuple[float, sa.Table, dict]] = {}
-# PostgreSQL types that hold nothing but numbers (int2, int4, int8, float4, float8, numeric): a value of such a column
-# cannot be text, so the transform need not parse those of its variables it only checks for being numbers.
-NUMERIC_TYPE_OIDS = frozenset({20, 21, 23, 700, 701, 1700})
-NUMERIC_COLUMNS = "numeric_columns"  # key, in a reflection's derived dict, of its numeric-typed column names
 
 
 class SourceUnavailable(RuntimeError):
@@ -98,12 +94,9 @@ def _reflect(engine: sa.Engine, url: str, table_name: str) -> tuple[sa.TableClau
     schema, _, name = table_name.rpartition(".")
     shape = sa.table(name, schema=schema or None)
     with engine.connect() as connection:
-        result = connection.execute(sa.select(sa.text("*")).select_from(shape).where(sa.false()))
-        names = list(result.keys())
-        described = result.cursor.description if engine.dialect.name == "postgresql" and result.cursor else ()
-        numeric = frozenset(column.name.lower() for column in described if column.type_code in NUMERIC_TYPE_OIDS)
+        names = list(connection.execute(sa.select(sa.text("*")).select_from(shape).where(sa.false())).keys())
     table = sa.table(name, *(sa.column(column) for column in names), schema=schema or None)
-    _tables[key] = (time.monotonic(), table, {NUMERIC_COLUMNS: numeric})
+    _tables[key] = (time.monotonic(), table, {})
     return table, _tables[key][2]
 
 
@@ -154,7 +147,6 @@ class SourceReader:
         self._columns_by_lower: dict[str, sa.Column] = {}
         self._select_columns: list[sa.ColumnElement] | None = None
         self._copy_select_sql: str | None = None
-        self._held_as_numbers: frozenset[str] | None = None
         self.missing_variables: list[str] = []
 
     # --- structure -------------------------------------------------------------------------------------------
@@ -167,15 +159,6 @@ class SourceReader:
             except sa.exc.SQLAlchemyError as exc:
                 raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
         return self._table
-
-    @property
-    def variables_held_as_numbers(self) -> frozenset[str]:
-        """The variables whose source column has a numeric type (PostgreSQL sources; none elsewhere)."""
-        if self._held_as_numbers is None:
-            self.table  # reflect once
-            numeric = self._derived.get(NUMERIC_COLUMNS, frozenset())
-            self._held_as_numbers = frozenset(v.name for v in self.variables if v.name.lower() in numeric)
-        return self._held_as_numbers
 
     def _column(self, name: str) -> sa.ColumnElement | None:
         self.table  # reflect once

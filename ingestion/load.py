@@ -1,9 +1,13 @@
-"""Writing a transformed batch into the warehouse: one transaction, COPY into a staging table, then set-based SQL.
+"""Writing a transformed batch into the warehouse, in one transaction, by one of two paths.
 
-Inside that one transaction the batch's students are upserted (latest `created_at, id` wins per country+CNTSTUID),
-the analysis values they replace or add are appended to the change log (-1 / +1), bad rows are quarantined, and the
-caller advances the source's bookmark. A crash at any point rolls all of it back; the next run reads the same rows
-again and the upsert makes that harmless.
+- New students only (every batch of a backfill, most polls): binary COPY straight into the student table and the
+  change log (+1).
+- Anything else (updates, re-read rows, a CNTSTUID taken by another row): COPY into a staging table, then set-based
+  SQL that upserts the students (latest `created_at, id` wins per country+CNTSTUID) and appends the analysis values
+  they replace or add to the change log (-1 / +1).
+
+Either way bad rows are quarantined and the caller advances the source's bookmark in the same transaction. A crash at
+any point rolls all of it back; the next run reads the same rows again and the upsert makes that harmless.
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ def _staged_upsert(cursor, *, source_id: int, country: str, batch: Transformed, 
     _ensure_staging(cursor)
     cursor.copy_expert(f"COPY {STAGING} ({STAGING_COLUMNS}) FROM STDIN WITH (FORMAT binary)",
                        _staging_payload(batch, country))
-    # Fast path, in the three statements that match the batch's rows to their students: each is a LATERAL
+    # Index lookups, in the three statements that match the batch's rows to their students: each is a LATERAL
     # subquery with OFFSET 0, which the planner cannot merge into a join, so it runs as one index lookup per
     # staged row whatever the statistics say. Written as plain joins, the planner (which knows nothing of the
     # staging table, and whose warehouse statistics lag behind a backfill) hashed every student of the warehouse

@@ -111,12 +111,11 @@ def _accounted_count(source: Source, up_to_id: int) -> int:
         return cursor.fetchone()[0]
 
 
-def _load_lines(reader: SourceReader, source: Source, state: SourceState, lines: list[bytes],
-                result: SyncResult) -> None:
+def _load_lines(source: Source, state: SourceState, lines: list[bytes], result: SyncResult) -> None:
     if not lines:
         return
     started = time.perf_counter()
-    batch = transform(lines, reader.variables, country=source.code, held_as_numbers=reader.variables_held_as_numbers)
+    batch = transform(lines, pisa_variables(), country=source.code)
     with transaction.atomic():
         load = batch_load(source_id=source.pk, country=source.code, batch=batch)
         newest = batch.good.created_at.max()
@@ -156,7 +155,7 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
     chunks = list(_in_batches(sorted(ids)))
     if len(chunks) <= 1:  # a poll's few rows: no thread
         for chunk in chunks:
-            _load_lines(reader, source, state, reader.lines_for_ids(chunk), result)
+            _load_lines(source, state, reader.lines_for_ids(chunk), result)
             if progress:
                 progress(len(chunk))
         return
@@ -172,7 +171,7 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
             out_of_time = not last and time.perf_counter() > deadline
             if not (last or out_of_time):
                 next_lines = reads.submit(reader.lines_for_ids, chunks[k + 1])
-            _load_lines(reader, source, state, lines, result)
+            _load_lines(source, state, lines, result)
             if progress:
                 progress(len(chunk))
             if out_of_time:
@@ -354,6 +353,6 @@ def _reconcile_content(reader, source, state, max_id: int, result: SyncResult, p
             if row_id in stored and stored[row_id] != digest:
                 changed.append(line)
         if changed:
-            _load_lines(reader, source, state, changed, result)
+            _load_lines(source, state, changed, result)
         if progress:
             progress(0)

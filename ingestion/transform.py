@@ -1,11 +1,12 @@
 """From source lines to warehouse rows: parse, validate, decode missing codes, find duplicates. Vectorised.
 
 Fast paths: a small batch (a poll's few rows) becomes one NumPy array of byte strings converted to float in a single
-`astype` call; a large one (a backfill's) is parsed by Arrow's C++ CSV reader straight into float64 columns. Every
-check is then one array operation over the whole batch, using a `Plan` of the codebook (allowed codes as a dense
-lookup table, missing ranges, column positions) built once per codebook. Nothing loops over the 1,118 variables per
-batch in Python, so a poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows
-about 60. A row that fails any check is set aside with every reason found; the rest of the batch loads.
+`astype` call; a large one (a backfill's) is parsed by Arrow's C++ CSV reader into typed columns (categorical
+variables as integers, the others as floats). Every check is
+then one array operation over the whole batch, using a `Plan` of the codebook (allowed codes as a dense lookup table,
+missing ranges, column positions) built once per codebook. Nothing loops over the 1,118 variables per batch in
+Python, so a poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows about 55
+(of which Arrow ~20, the checks ~11, hashing the rows ~5). A row that fails any check is set aside with every reason found; the rest of the batch loads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ KEY_VARIABLES = ("CNTSTUID", "CNTSCHID")
 REQUIRED_VARIABLES = frozenset((*KEY_VARIABLES, *WEIGHTS))
 # COPY's NULL, the course's text-style sources' missing value, and an empty cell (system-missing in PISA files).
 NULL_MARKERS = (b"\\N", b"NA", b"")
+BIGINT_LIMIT = 2.0**63
 # (column, code) pairs are checked in one np.isin over keys column * CODE_SPACE + code (exact in float64).
 CODE_SPACE = 1e9
 # Fast path for that check: when every code of every categorical variable is an integer below this (PISA's are 0-999),
@@ -56,8 +58,6 @@ class Plan:
     cnt: int  # position (in the variables) of CNT
     cntstuid: int  # positions within `numeric`
     cntschid: int
-    # Numeric variables whose only check is that they hold a number: neither categorical, nor required, nor analysed.
-    only_checked_as_numbers: frozenset[str]
 
 
 _plans: dict[int, tuple[Sequence[VariableSpec], Plan]] = {}
@@ -110,8 +110,6 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
         cnt=names.index("CNT"),
         cntstuid=position["CNTSTUID"],
         cntschid=position["CNTSCHID"],
-        only_checked_as_numbers=frozenset(numeric_names) - {numeric_names[k] for k in categorical}
-        - REQUIRED_VARIABLES - set(ANALYSIS_VARIABLES),
     )
 
 
@@ -134,7 +132,7 @@ class ParsedBatch:
     created_at: pd.Series  # datetime64[ns, UTC]
     raw: list[str]  # the 1,118 values, COPY text, codebook order
     raw_md5: list[str]
-    numbers: np.ndarray  # rows x numeric variables, float64, NaN for NULL, 'NA', text and variables left unparsed
+    numbers: np.ndarray  # rows x numeric variables, float64, NaN for NULL, 'NA' and text
     not_numbers: np.ndarray  # rows x numeric variables: True where a cell held text that is not a number
     cnt: np.ndarray  # CNT as str, None for NULL
     problems: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -208,13 +206,13 @@ def _parse_small(lines: Sequence[bytes], plan: Plan, problems) -> tuple[np.ndarr
 
 @dataclass(frozen=True)
 class _ArrowRead:
-    """How Arrow reads a large batch for one plan and one set of variables left unparsed."""
+    """How Arrow reads a large batch for one plan."""
 
     convert: arrow_csv.ConvertOptions
-    numeric_columns: tuple[tuple[int, int], ...]  # (position within `numeric`, column of the table) of those parsed
+    numeric_columns: tuple[int, ...]  # the table's column of each numeric variable
 
 
-def _arrow_read(plan: Plan, unparsed: frozenset[str]) -> _ArrowRead:
+def _arrow_read(plan: Plan) -> _ArrowRead:
     types = {name: pa.float64() for name in plan.numeric_names}
     if plan.allowed_table is not None:
         # Fast path: when every code of the codebook is a small integer, categorical variables are read as integers,
@@ -223,28 +221,21 @@ def _arrow_read(plan: Plan, unparsed: frozenset[str]) -> _ArrowRead:
         types.update({plan.numeric_names[k]: pa.int32() for k in plan.categorical})
     types.update({"__id": pa.int64(), "__created_at": pa.string()})
     types.update({name: pa.string() for name in plan.names if name not in types})
-    included = [name for name in ("__id", "__created_at", *plan.names) if name not in unparsed]
-    column_of = {name: k for k, name in enumerate(included)}
     convert = arrow_csv.ConvertOptions(column_types=types, null_values=[m.decode() for m in NULL_MARKERS],
-                                       strings_can_be_null=True, quoted_strings_can_be_null=False,
-                                       include_columns=included)
-    return _ArrowRead(convert=convert, numeric_columns=tuple(
-        (k, column_of[name]) for k, name in enumerate(plan.numeric_names) if name in column_of))
+                                       strings_can_be_null=True, quoted_strings_can_be_null=False)
+    offset = 2  # __id, __created_at
+    return _ArrowRead(convert=convert, numeric_columns=tuple(offset + int(position) for position in plan.numeric))
 
 
-_arrow_reads: dict[tuple[int, frozenset[str]], tuple[Plan, _ArrowRead]] = {}
+_arrow_reads: dict[int, tuple[Plan, _ArrowRead]] = {}
 
 
-def _parse_arrow(lines: Sequence[bytes], plan: Plan, problems, unparsed: frozenset[str] = frozenset()
-                 ) -> tuple[np.ndarray, ...] | None:
-    """The fast parser of large batches; None when some numeric cell is not a number (the caller falls back).
-    Variables in `unparsed` are not converted (their numbers are NaN)."""
-    key = (id(plan), unparsed)
-    cached = _arrow_reads.get(key)
+def _parse_arrow(lines: Sequence[bytes], plan: Plan, problems) -> tuple[np.ndarray, ...] | None:
+    """The fast parser of large batches; None when some numeric cell is not a number (the caller falls back)."""
+    cached = _arrow_reads.get(id(plan))
     if cached is None or cached[0] is not plan:
-        if len(_arrow_reads) > 64:  # one entry per codebook and kind of source: only a codebook edit makes more
-            _arrow_reads.clear()
-        cached = _arrow_reads[key] = (plan, _arrow_read(plan, unparsed))
+        _arrow_reads.clear()
+        cached = _arrow_reads[id(plan)] = (plan, _arrow_read(plan))
     read = cached[1]
     data = b"\n".join(lines)
     try:
@@ -260,21 +251,18 @@ def _parse_arrow(lines: Sequence[bytes], plan: Plan, problems, unparsed: frozens
     # Filled variable by variable, each into contiguous memory, and handed on transposed (column-major): the same
     # array for every caller, at 60 % of the cost of writing each column across the rows of a row-major one.
     by_variable = np.empty((len(plan.numeric_names), len(lines)), dtype=np.float64)
-    if len(read.numeric_columns) < len(plan.numeric_names):
-        by_variable.fill(np.nan)
     columns = table.columns
-    for k, column in read.numeric_columns:
-        by_variable[k] = columns[column].to_numpy()  # float64: NULL comes out as NaN
+    for k, column in enumerate(read.numeric_columns):
+        by_variable[k] = columns[column].to_numpy()  # NULL comes out as NaN
     numbers = by_variable.T
-    cnt = np.array(table.column("CNT").to_pylist(), dtype=object)
+    cnt = np.array(table.column(2 + plan.cnt).to_pylist(), dtype=object)
     created = np.array(table.column(1).to_pylist(), dtype=object)
     return (table.column(0).to_numpy(), created.astype(str), numbers, np.zeros(numbers.shape, dtype=bool), cnt)
 
 
-def _parse_large(lines: Sequence[bytes], plan: Plan, problems, unparsed: frozenset[str] = frozenset()
-                 ) -> tuple[np.ndarray, ...]:
+def _parse_large(lines: Sequence[bytes], plan: Plan, problems) -> tuple[np.ndarray, ...]:
     if ARROW_PARSER:
-        parsed = _parse_arrow(lines, plan, problems, unparsed)
+        parsed = _parse_arrow(lines, plan, problems)
         if parsed is not None:
             return parsed
     return _parse_pandas(lines, plan, problems)
@@ -304,18 +292,11 @@ def _parse_pandas(lines: Sequence[bytes], plan: Plan, problems) -> tuple[np.ndar
         not_numbers, cnt
 
 
-def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec], *,
-                held_as_numbers: frozenset[str] = frozenset()) -> ParsedBatch:
-    """`held_as_numbers`: variables whose source column has a numeric type. Fast path: of those, the ones whose only
-    check is being a number cannot fail it, and a large batch leaves them unparsed (NaN in `numbers`; ~15 % of the
-    values, and of Arrow's work). The raw line keeps them as they are."""
+def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec]) -> ParsedBatch:
     plan = plan_for(variables)
     problems: dict[int, list[str]] = defaultdict(list)
-    if len(lines) >= PANDAS_PARSER_MIN_ROWS:
-        unparsed = plan.only_checked_as_numbers & held_as_numbers
-        row_ids, created_text, numbers, not_numbers, cnt = _parse_large(lines, plan, problems, unparsed)
-    else:
-        row_ids, created_text, numbers, not_numbers, cnt = _parse_small(lines, plan, problems)
+    parse = _parse_large if len(lines) >= PANDAS_PARSER_MIN_ROWS else _parse_small
+    row_ids, created_text, numbers, not_numbers, cnt = parse(lines, plan, problems)
     raw = [line.split(b"\t", 2)[2].decode("utf-8", "replace") for line in lines]
     return ParsedBatch(
         row_ids=row_ids,
@@ -367,6 +348,14 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
         name = plan.numeric_names[plan.required[k]]
         problems[int(row)].append(f"key column {name} is NULL" if name in KEY_VARIABLES
                                   else f"{name} is NULL: a response without weights cannot be analysed")
+    # A key is a whole number within bigint: a CNTSTUID of 12.5 names no student, and both paths of the load must store
+    # the same integer.
+    for name, k in (("CNTSTUID", plan.cntstuid), ("CNTSCHID", plan.cntschid)):
+        key = numbers[:, k]
+        with np.errstate(invalid="ignore"):
+            not_whole = ~np.isnan(key) & ((key != np.floor(key)) | (np.abs(key) >= BIGINT_LIMIT))
+        for row in np.flatnonzero(not_whole):
+            problems[int(row)].append(f"key column {name}: {key[row]:g} is not a whole number")
     # A categorical value must be one of its variable's codes (labelled, or declared missing).
     codes = numbers[:, plan.categorical]
     allowed = _allowed_codes(codes, plan)
@@ -382,11 +371,9 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
     return missing
 
 
-def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, country: str,
-              held_as_numbers: frozenset[str] = frozenset()) -> Transformed:
-    """`held_as_numbers`: the variables whose source column has a numeric type (see `parse_lines`)."""
+def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, country: str) -> Transformed:
     plan = plan_for(variables)
-    batch = parse_lines(lines, variables, held_as_numbers=held_as_numbers)
+    batch = parse_lines(lines, variables)
     missing = validate(batch, plan, country=country)
 
     ok = np.ones(len(batch.row_ids), dtype=bool)

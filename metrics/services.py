@@ -105,11 +105,13 @@ def _published_version(row: CountryMetricsState) -> str:
 
 
 def _percentiles_due(row: CountryMetricsState) -> bool:
-    """Never computed, or older than PERCENTILES_SECONDS and computed before the last change folded."""
+    """Never computed; or computed before the last change folded, and either absent (the country had no students
+    then) or older than PERCENTILES_SECONDS."""
     if row.percentiles_at is None:
         return True
-    return (row.percentiles_change_id != row.last_change_id
-            and timezone.now() - row.percentiles_at > dt.timedelta(seconds=PERCENTILES_SECONDS))
+    if row.percentiles_change_id == row.last_change_id:
+        return False
+    return row.percentiles is None or timezone.now() - row.percentiles_at > dt.timedelta(seconds=PERCENTILES_SECONDS)
 
 
 def country_metrics_refresh(*, country: str, force_percentiles: bool = False) -> RefreshResult:
@@ -124,7 +126,12 @@ def country_metrics_refresh(*, country: str, force_percentiles: bool = False) ->
             prune_changes(country, newest_change)
             row.last_change_id = newest_change
             row.save(update_fields=["state", "last_change_id", "updated_at"])
-        # Published under the locks, so that two refreshes of a country publish in the order they folded.
+        if row.percentiles is not None and not state.n_students():  # emptied: no percentiles, nothing to compute
+            row.percentiles, row.percentiles_at, row.percentiles_change_id = None, timezone.now(), row.last_change_id
+            row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
+        # Published under the locks, so that two refreshes of a country publish in the order they folded. The cost: a
+        # Redis that hangs holds the country's loads for its socket timeout (when Redis is down they stall anyway,
+        # their broker being gone), and a commit failing after the publish leaves a document the next refresh redoes.
         cache.country_document_publish(country=country, document=_document(country, state, row.percentiles,
                                                                             row.last_change_id),
                                        version=_published_version(row))
@@ -147,6 +154,8 @@ def country_percentiles_refresh(*, country: str, force: bool = False) -> bool:
         percentiles = _percentiles(weights, pv, school_id) if len(weights) else None
     with transaction.atomic():
         row = CountryMetricsState.objects.select_for_update().get(country=country)
+        if row.percentiles_change_id is not None and covered < row.percentiles_change_id:
+            return False  # a rebuild or a forced computation covering later changes committed meanwhile: keep it
         row.percentiles, row.percentiles_at, row.percentiles_change_id = percentiles, timezone.now(), covered
         row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
         state = CountryState.from_bytes(bytes(row.state))

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, Q
 
 from ingestion.layout import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS
 from ingestion.models import Source, Student, StudentChange
@@ -124,5 +124,6 @@ def countries_with_percentiles_behind(*, computed_before) -> list[str]:
     also when no new row arrives to trigger a refresh (the last changes of a stream would otherwise never reach them)."""
     from metrics.models import CountryMetricsState
 
-    return sorted(CountryMetricsState.objects.filter(percentiles_at__lt=computed_before)
-                  .exclude(percentiles_change_id=F("last_change_id")).values_list("country", flat=True))
+    never = Q(percentiles_at__isnull=True)  # a first refresh that found the percentiles lock taken
+    behind = Q(percentiles_at__lt=computed_before) & ~Q(percentiles_change_id=F("last_change_id"))
+    return sorted(CountryMetricsState.objects.filter(never | behind).values_list("country", flat=True))

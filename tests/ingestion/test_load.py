@@ -172,3 +172,20 @@ def test_a_new_student_leaves_the_quarantine_when_its_fixed_row_loads(source_db)
     assert load.inserted_or_updated == 1
     assert not QuarantinedRow.objects.filter(source=alb.source).exists()
     assert Student.objects.get(source=alb.source, source_row_id=row_id).w_fstuwt == 12.5
+
+
+def test_a_row_whose_cntstuid_changed_replaces_its_student_rather_than_adding_one(source_db):
+    alb = source_db("ALB")
+    [row_id, *_] = alb.insert_students(3)
+    source_sync(source_id=alb.source.pk)
+    StudentChange.objects.all().delete()
+    alb.execute("UPDATE responses SET cntstuid = 99999001 WHERE id = :id", id=row_id)
+
+    with transaction.atomic():
+        load = batch_load(source_id=alb.source.pk, country="ALB", batch=_batch_of(alb, [row_id]))
+
+    assert (load.inserted_or_updated, load.removed) == (1, 1)
+    students_of_the_row = Student.objects.filter(source=alb.source, source_row_id=row_id)
+    assert list(students_of_the_row.values_list("cntstuid", flat=True)) == [99999001]
+    assert Student.objects.filter(source=alb.source).count() == 3
+    assert sorted(StudentChange.objects.values_list("sign", flat=True)) == [-1, 1]

@@ -110,38 +110,11 @@ def test_codes_are_checked_the_same_with_and_without_the_dense_table(variables, 
     assert not {1, 2} & {row_id for row_id, *_ in dense.quarantined}
 
 
-def test_variables_a_typed_source_holds_as_numbers_and_only_needs_as_numbers_are_left_unparsed(variables, monkeypatch):
-    use_parser(monkeypatch, PARSERS[1])
+def test_a_clean_large_batch_is_read_by_arrow_without_falling_back(variables):
+    # Categorical variables are read as integers: the sample's codes, missing codes and NULLs all pass that read.
     plan = transform_module.plan_for(variables)
-    every_numeric = frozenset(plan.numeric_names)
-    unparsed = plan.only_checked_as_numbers
-    # Only continuous variables no estimate reads: no categorical code, key, weight, plausible value or covariate.
-    assert {"CNTSTUID", "W_FSTUWT", "PV1MATH", "ESCS", "ST004D01T"}.isdisjoint(unparsed)
-    assert len(unparsed) > 50
-    lines = [line(variables, i, {"ST004D01T": 3 if i == 7 else 1}) for i in range(1, 40)]
-
-    everything = transform(lines, variables, country="ALB")
-    typed = transform(lines, variables, country="ALB", held_as_numbers=every_numeric)
-
-    assert typed.quarantined == everything.quarantined and [row_id for row_id, *_ in typed.quarantined] == [7]
-    assert np.array_equal(typed.analysis, everything.analysis, equal_nan=True)
-    assert typed.good.raw == everything.good.raw and typed.good.raw_md5 == everything.good.raw_md5
-    unparsed_columns = [k for k, name in enumerate(plan.numeric_names) if name in unparsed]
-    assert np.isnan(typed.good.numbers[:, unparsed_columns]).all()
-    parsed_columns = [k for k, name in enumerate(plan.numeric_names) if name not in unparsed]
-    assert np.array_equal(typed.good.numbers[:, parsed_columns], everything.good.numbers[:, parsed_columns],
-                          equal_nan=True)
-
-
-def test_text_in_a_variable_the_source_does_not_type_as_a_number_is_still_found(variables, monkeypatch):
-    use_parser(monkeypatch, PARSERS[1])
-    plan = transform_module.plan_for(variables)
-    continuous = sorted(plan.only_checked_as_numbers)[0]
-    lines = [line(variables, i, {}) for i in range(1, 20)] + [line(variables, 20, {continuous: "abc"})]
-    # A text-style source: no column is typed, so every variable is parsed and checked.
-    result = transform(lines, variables, country="ALB", held_as_numbers=frozenset())
-    assert [(row_id, reasons) for row_id, _, reasons, _ in result.quarantined] == [
-        (20, [f"{continuous}: 'abc' is not a number"])]
+    lines = [line(variables, i, {}) for i in range(1, 40)] + [line(variables, 40, {"ST004D01T": None, "ESCS": None})]
+    assert transform_module._parse_arrow(lines, plan, {}) is not None
 
 
 def test_a_large_batch_with_a_code_that_is_not_an_integer_still_gets_its_verdict(variables, monkeypatch):
@@ -152,3 +125,12 @@ def test_a_large_batch_with_a_code_that_is_not_an_integer_still_gets_its_verdict
     assert [(row_id, reasons) for row_id, _, reasons, _ in result.quarantined] == [
         (20, ["ST004D01T: 1.5 is not a code of this variable"])]
     assert len(result.good_index) == 19
+
+
+def test_a_key_that_is_not_a_whole_number_is_quarantined(variables, parser):
+    lines = [line(variables, 1, {}), line(variables, 2, {"CNTSTUID": 1002.5}), line(variables, 3, {"CNTSCHID": 1e30})]
+    result = transform(lines, variables, country="ALB")
+    reasons = {row_id: problems for row_id, _, problems, _ in result.quarantined}
+    assert reasons == {2: ["key column CNTSTUID: 1002.5 is not a whole number"],
+                       3: ["key column CNTSCHID: 1e+30 is not a whole number"]}
+    assert len(result.good_index) == 1

@@ -149,3 +149,62 @@ def test_percentiles_are_computed_outside_the_countrys_write_lock(source_db, mon
     monkeypatch.setattr(services, "country_scores", scores_noting_the_lock)
     assert country_metrics_refresh(country="ALB").percentiles_recomputed
     assert held == [0]
+
+
+def test_a_country_whose_first_percentiles_found_the_lock_taken_is_asked_for_again(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(10)
+    source_sync(source_id=alb.source.pk)
+    with redis_lock(PERCENTILES_LOCK, token="another worker", ttl_seconds=30):
+        assert not country_metrics_refresh(country="ALB").percentiles_recomputed
+    assert "p10" not in published("ALB")["statistics"]["scores"]["READ"]
+    assert countries_with_percentiles_behind(computed_before=timezone.now()) == ["ALB"]
+    assert country_metrics_refresh(country="ALB").percentiles_recomputed
+    assert "p10" in published("ALB")["statistics"]["scores"]["READ"]
+
+
+def test_a_computation_overtaken_by_a_newer_one_keeps_the_newer(source_db, monkeypatch):
+    import metrics.services as services
+
+    alb = source_db("ALB")
+    alb.insert_students(10)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    scores_of_10 = country_scores("ALB")
+    alb.insert_students(10)
+    source_sync(source_id=alb.source.pk)  # their changes are recorded, not folded yet
+
+    def scores_read_before_a_rebuild_commits(country):
+        monkeypatch.setattr(services, "country_scores", country_scores)
+        country_metrics_rebuild(country=country)  # folds the 10 new students, with percentiles over all 20
+        return scores_of_10
+
+    monkeypatch.setattr(services, "country_scores", scores_read_before_a_rebuild_commits)
+    assert not services.country_percentiles_refresh(country="ALB")
+    assert published("ALB")["statistics"]["scores"]["READ"]["p10"]["n_students"] == 20
+
+
+def test_percentiles_come_back_at_once_when_a_country_emptied_gets_students_again(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(10)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    alb.execute("TRUNCATE responses RESTART IDENTITY")
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    assert "p10" not in published("ALB")["statistics"]["scores"]["READ"]
+    alb.insert_students(12)
+    source_sync(source_id=alb.source.pk)
+    assert country_metrics_refresh(country="ALB").percentiles_recomputed  # not PERCENTILES_SECONDS later
+    assert published("ALB")["statistics"]["scores"]["READ"]["p10"]["n_students"] == 12
+
+
+def test_percentiles_computed_before_the_upgrade_count_as_behind(source_db):
+    # Rows written before percentiles_change_id existed hold NULL there: behind, once old enough.
+    alb = source_db("ALB")
+    alb.insert_students(5)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    CountryMetricsState.objects.filter(country="ALB").update(percentiles_change_id=None)
+    assert countries_with_percentiles_behind(computed_before=timezone.now() - dt.timedelta(hours=1)) == []
+    assert countries_with_percentiles_behind(computed_before=timezone.now()) == ["ALB"]
