@@ -2,11 +2,11 @@
 
 Fast paths: a small batch (a poll's few rows) becomes one NumPy array of byte strings converted to float in a single
 `astype` call; a large one (a backfill's) is parsed by Arrow's C++ CSV reader into typed columns (categorical
-variables as integers, the others as floats). Every check is
-then one array operation over the whole batch, using a `Plan` of the codebook (allowed codes as a dense lookup table,
-missing ranges, column positions) built once per codebook. Nothing loops over the 1,118 variables per batch in
-Python, so a poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows about 55
-(of which Arrow ~20, the checks ~11, hashing the rows ~5). A row that fails any check is set aside with every reason found; the rest of the batch loads.
+variables as integers, the others as floats). Every check is then one array operation over the whole batch, using a
+`Plan` of the codebook (allowed codes as a dense lookup table, missing ranges, column positions) built once per
+codebook. Nothing loops over the 1,118 variables per batch in Python, so a poll that finds 3 new rows costs about a
+millisecond here, and a backfill batch of 1,000 rows about 55 (Arrow ~25, the checks ~11, hashing the rows ~5). A row
+that fails any check is set aside with every reason found; the rest of the batch loads.
 """
 
 from __future__ import annotations
@@ -160,8 +160,9 @@ class Transformed:
 # per batch but ~0.2 us per value; Arrow's CSV reader is ~6x faster per value but costs a few ms per batch for 1,120
 # columns. Polls bring a handful of rows, backfills thousands: each gets the cheaper one.
 PANDAS_PARSER_MIN_ROWS = 300
-# Arrow reads a large batch with every numeric variable typed float64 up front (no type inference); a batch where some
-# numeric cell holds text fails that as a whole and is read again by pandas, which finds the bad cells (rare).
+# Arrow reads a large batch with every numeric variable typed up front (no type inference: categorical ones int32, the
+# others float64); a batch where some numeric cell holds text (or a categorical one a non-integer) fails that as a
+# whole and is read again by pandas, which finds the bad cells (rare).
 ARROW_PARSER = True
 _ARROW_PARSE = arrow_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False)
 # One thread: a worker process is one unit of parallelism; threads would only fight the other workers for the cores.
@@ -353,9 +354,12 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
     for name, k in (("CNTSTUID", plan.cntstuid), ("CNTSCHID", plan.cntschid)):
         key = numbers[:, k]
         with np.errstate(invalid="ignore"):
-            not_whole = ~np.isnan(key) & ((key != np.floor(key)) | (np.abs(key) >= BIGINT_LIMIT))
+            not_whole = ~np.isnan(key) & (key != np.floor(key))
+            too_large = ~not_whole & (np.abs(key) >= BIGINT_LIMIT)
         for row in np.flatnonzero(not_whole):
-            problems[int(row)].append(f"key column {name}: {key[row]:g} is not a whole number")
+            problems[int(row)].append(f"key column {name}: {float(key[row])!r} is not a whole number")
+        for row in np.flatnonzero(too_large):
+            problems[int(row)].append(f"key column {name}: {float(key[row])!r} is beyond the range of a key (bigint)")
     # A categorical value must be one of its variable's codes (labelled, or declared missing).
     codes = numbers[:, plan.categorical]
     allowed = _allowed_codes(codes, plan)
@@ -371,6 +375,13 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
     return missing
 
 
+def _key_text(value: float) -> str:
+    """A key as the quarantine shows it: 1002 for 1002.0, but 1002.5 as it is (not rounded into another student)."""
+    if np.isnan(value):
+        return ""
+    return f"{value:.0f}" if value == np.floor(value) and abs(value) < BIGINT_LIMIT else repr(float(value))
+
+
 def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, country: str) -> Transformed:
     plan = plan_for(variables)
     batch = parse_lines(lines, variables)
@@ -380,7 +391,7 @@ def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, coun
     ok[list(batch.problems)] = False
     cntstuid_all = batch.numbers[:, plan.cntstuid]
     quarantined = [
-        (int(batch.row_ids[i]), "" if np.isnan(cntstuid_all[i]) else f"{cntstuid_all[i]:.0f}", reasons, batch.raw[i])
+        (int(batch.row_ids[i]), _key_text(cntstuid_all[i]), reasons, batch.raw[i])
         for i, reasons in sorted(batch.problems.items())
     ]
     # Duplicate CNTSTUIDs inside the batch: the latest (created_at, id) wins, the others are recorded.

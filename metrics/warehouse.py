@@ -120,8 +120,9 @@ def countries_with_changes_recorded_before(moment) -> list[str]:
 
 
 def countries_with_percentiles_behind(*, computed_before) -> list[str]:
-    """Countries whose percentiles were computed before `computed_before` and before their last folded change: due,
-    also when no new row arrives to trigger a refresh (the last changes of a stream would otherwise never reach them)."""
+    """Countries whose percentiles were never computed (a first refresh found the percentiles lock taken), or were
+    computed before `computed_before` and before their last folded change: due, also when no new row arrives to
+    trigger a refresh (the last changes of a stream would otherwise never reach them)."""
     from metrics.models import CountryMetricsState
 
     never = Q(percentiles_at__isnull=True)  # a first refresh that found the percentiles lock taken

@@ -128,9 +128,12 @@ def test_a_large_batch_with_a_code_that_is_not_an_integer_still_gets_its_verdict
 
 
 def test_a_key_that_is_not_a_whole_number_is_quarantined(variables, parser):
-    lines = [line(variables, 1, {}), line(variables, 2, {"CNTSTUID": 1002.5}), line(variables, 3, {"CNTSCHID": 1e30})]
+    lines = [line(variables, 1, {}), line(variables, 2, {"CNTSTUID": 80012345.5}),
+             line(variables, 3, {"CNTSCHID": 1e30}), line(variables, 4, {"CNTSTUID": "80012346.0"})]
     result = transform(lines, variables, country="ALB")
     reasons = {row_id: problems for row_id, _, problems, _ in result.quarantined}
-    assert reasons == {2: ["key column CNTSTUID: 1002.5 is not a whole number"],
-                       3: ["key column CNTSCHID: 1e+30 is not a whole number"]}
-    assert len(result.good_index) == 1
+    assert reasons == {2: ["key column CNTSTUID: 80012345.5 is not a whole number"],
+                       3: ["key column CNTSCHID: 1e+30 is beyond the range of a key (bigint)"]}
+    assert {row_id: cntstuid for row_id, cntstuid, _, _ in result.quarantined}[2] == "80012345.5"
+    assert sorted(result.good.row_ids[result.good_index].tolist()) == [1, 4]  # 80012346.0 is the student 80012346
+    assert 80012346 in result.cntstuid.tolist()
