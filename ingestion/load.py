@@ -92,8 +92,8 @@ def _ensure_staging(cursor) -> None:
 STAGING_COLUMNS = f"cntstuid, cntschid, source_row_id, source_created_at, raw_md5, {ANALYSIS}, raw, country"
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _BINARY_TRAILER = struct.pack(">h", -1)
-_POSTGRES_EPOCH_MICROSECONDS = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
-POSTGRES_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+POSTGRES_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)  # binary COPY's timestamps count from it
+_POSTGRES_EPOCH_MICROSECONDS = int(POSTGRES_EPOCH.timestamp()) * 1_000_000  # in Unix microseconds
 _FLOAT8 = np.dtype([("length", ">i4"), ("value", ">f8")])
 _FIXED_PART = np.dtype([
     ("field_count", ">i2"),
@@ -106,6 +106,12 @@ _FIXED_PART = np.dtype([
 ])
 
 
+def _created_microseconds(batch: Transformed) -> np.ndarray:
+    """The good rows' created_at as binary COPY timestamps (microseconds since POSTGRES_EPOCH)."""
+    created = batch.good.created_at.iloc[batch.good_index].dt.tz_convert("UTC").dt.tz_localize(None)
+    return created.to_numpy("datetime64[us]").astype(np.int64) - _POSTGRES_EPOCH_MICROSECONDS
+
+
 def _staging_payload(batch: Transformed, country: str) -> io.BytesIO:
     """The batch in PostgreSQL's binary COPY format. Fast path: every fixed-width field of every row is written by
     one NumPy assignment; only the two variable-length fields (raw, country) are appended per row."""
@@ -115,8 +121,7 @@ def _staging_payload(batch: Transformed, country: str) -> io.BytesIO:
     fixed["cntstuid_length"], fixed["cntstuid"] = 8, batch.cntstuid
     fixed["cntschid"]["length"], fixed["cntschid"]["value"] = 8, batch.cntschid
     fixed["row_id_length"], fixed["row_id"] = 8, good.row_ids[index]
-    created = good.created_at.iloc[index].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
-    fixed["created_length"], fixed["created"] = 8, created.astype(np.int64) - _POSTGRES_EPOCH_MICROSECONDS
+    fixed["created_length"], fixed["created"] = 8, _created_microseconds(batch)
     fixed["md5_length"], fixed["md5"] = 32, [good.raw_md5[i].encode() for i in index]
     fixed["analysis"]["length"], fixed["analysis"]["value"] = 8, batch.analysis
     row_size = _FIXED_PART.itemsize
@@ -301,8 +306,7 @@ def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, 
     not) and raw are appended per row."""
     good, index = batch.good, batch.good_index
     country_bytes = country.encode()
-    created = good.created_at.iloc[index].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
-    created = created.astype(np.int64) - _POSTGRES_EPOCH_MICROSECONDS
+    created = _created_microseconds(batch)
     now_microseconds = _postgres_microseconds(now)
     shared = [("created_length", ">i4"), ("created", ">i8"), ("cntschid_length", ">i4"), ("cntschid", ">i8"),
               ("country_length", ">i4"), ("country", f"S{len(country_bytes)}")]

@@ -41,7 +41,10 @@ class RefreshResult:
     percentiles_recomputed: bool
 
 
-def _percentiles(weights, pv, school_id) -> dict:
+def _percentiles(weights, pv, school_id) -> dict | None:
+    """The published P10/P90 of each domain; None for a country without students."""
+    if not len(weights):
+        return None
     estimates = score_percentiles(weights=weights, pv=pv, school_id=school_id)
     return {domain: {key: e.to_dict() for key, e in values.items()} for domain, values in estimates.items()}
 
@@ -104,6 +107,20 @@ def _published_version(row: CountryMetricsState) -> str:
     return f"{row.last_change_id}.{stamp}"
 
 
+def _percentiles_store(row: CountryMetricsState, percentiles: dict | None, covered: int, *, save: bool = True) -> None:
+    """Set the row's percentiles as covering the change log up to `covered`."""
+    row.percentiles, row.percentiles_at, row.percentiles_change_id = percentiles, timezone.now(), covered
+    if save:
+        row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
+
+
+def _document_publish(row: CountryMetricsState, state: CountryState) -> None:
+    """Publish the country's document from this state and the row's percentiles. Called under the row's lock, so that
+    documents go out in the order their states were saved."""
+    cache.country_document_publish(country=row.country, version=_published_version(row),
+                                   document=_document(row.country, state, row.percentiles, row.last_change_id))
+
+
 def _percentiles_due(row: CountryMetricsState) -> bool:
     """Never computed; or computed before the last change folded, and either absent (the country had no students
     then) or older than PERCENTILES_SECONDS."""
@@ -127,14 +144,11 @@ def country_metrics_refresh(*, country: str, force_percentiles: bool = False) ->
             row.last_change_id = newest_change
             row.save(update_fields=["state", "last_change_id", "updated_at"])
         if row.percentiles is not None and not state.n_students():  # emptied: no percentiles, nothing to compute
-            row.percentiles, row.percentiles_at, row.percentiles_change_id = None, timezone.now(), row.last_change_id
-            row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
+            _percentiles_store(row, None, row.last_change_id)
         # Published under the locks, so that two refreshes of a country publish in the order they folded. The cost: a
         # Redis that hangs holds the country's loads for its socket timeout (when Redis is down they stall anyway,
         # their broker being gone), and a commit failing after the publish leaves a document the next refresh redoes.
-        cache.country_document_publish(country=country, document=_document(country, state, row.percentiles,
-                                                                            row.last_change_id),
-                                       version=_published_version(row))
+        _document_publish(row, state)
         percentiles_wanted = force_percentiles or _percentiles_due(row)
     recomputed = percentiles_wanted and country_percentiles_refresh(country=country, force=force_percentiles)
     return RefreshResult(country=country, changes=changes, seconds=time.perf_counter() - started,
@@ -150,18 +164,13 @@ def country_percentiles_refresh(*, country: str, force: bool = False) -> bool:
             return False
         # Read first: the students read next hold at least every change up to it (a later one makes them due again).
         covered = CountryMetricsState.objects.filter(country=country).values_list("last_change_id", flat=True).first()
-        weights, pv, school_id = country_scores(country)
-        percentiles = _percentiles(weights, pv, school_id) if len(weights) else None
+        percentiles = _percentiles(*country_scores(country))
     with transaction.atomic():
         row = CountryMetricsState.objects.select_for_update().get(country=country)
         if row.percentiles_change_id is not None and covered < row.percentiles_change_id:
             return False  # a rebuild or a forced computation covering later changes committed meanwhile: keep it
-        row.percentiles, row.percentiles_at, row.percentiles_change_id = percentiles, timezone.now(), covered
-        row.save(update_fields=["percentiles", "percentiles_at", "percentiles_change_id", "updated_at"])
-        state = CountryState.from_bytes(bytes(row.state))
-        cache.country_document_publish(country=country, document=_document(country, state, percentiles,
-                                                                            row.last_change_id),
-                                       version=_published_version(row))
+        _percentiles_store(row, percentiles, covered)
+        _document_publish(row, CountryState.from_bytes(bytes(row.state)))
     return True
 
 
@@ -183,10 +192,8 @@ def country_metrics_rebuild(*, country: str, verify: bool = False) -> RebuildRes
         differences = incremental.difference(rebuilt) if verify else []
         if not verify:
             row.state = rebuilt.to_bytes()
-            row.percentiles = (_percentiles(students.weights, students.pv, students.school_id) if len(students)
-                               else None)
-            row.percentiles_at = timezone.now()
-            row.percentiles_change_id = newest_change
+            _percentiles_store(row, _percentiles(students.weights, students.pv, students.school_id), newest_change,
+                               save=False)  # saved with the rest below
         else:
             row.state = incremental.to_bytes()
         prune_changes(country, newest_change)
