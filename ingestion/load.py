@@ -90,6 +90,9 @@ def _ensure_staging(cursor) -> None:
 
 
 STAGING_COLUMNS = f"cntstuid, cntschid, source_row_id, source_created_at, raw_md5, {ANALYSIS}, raw, country"
+# psycopg2 hands a COPY's data to libpq in pieces of this many bytes (its default, 8 KB, costs a call per piece:
+# a batch's student rows are ~4.5 MB, and whole-megabyte pieces took a third less CPU).
+COPY_CHUNK_BYTES = 1 << 20
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _BINARY_TRAILER = struct.pack(">h", -1)
 POSTGRES_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)  # binary COPY's timestamps count from it
@@ -129,7 +132,7 @@ def _staging_payload(batch: Transformed, country: str) -> io.BytesIO:
     country_field = struct.pack(">i", len(country.encode())) + country.encode()
     parts = [_BINARY_HEADER]
     for k, i in enumerate(index):
-        raw = good.raw[i].encode()
+        raw = good.raw[i]
         parts.append(fixed_bytes[k * row_size:(k + 1) * row_size])
         parts.append(struct.pack(">i", len(raw)) + raw + country_field)
     parts.append(_BINARY_TRAILER)
@@ -166,7 +169,7 @@ def _staged_upsert(cursor, *, source_id: int, country: str, batch: Transformed, 
     """The general path: the batch is staged, matched to the students it replaces, and upserted."""
     _ensure_staging(cursor)
     cursor.copy_expert(f"COPY {STAGING} ({STAGING_COLUMNS}) FROM STDIN WITH (FORMAT binary)",
-                       _staging_payload(batch, country))
+                       _staging_payload(batch, country), size=COPY_CHUNK_BYTES)
     # Index lookups, in the three statements that match the batch's rows to their students: each is a LATERAL
     # subquery with OFFSET 0, which the planner cannot merge into a join, so it runs as one index lookup per
     # staged row whatever the statistics say. Written as plain joins, the planner (which knows nothing of the
@@ -337,7 +340,7 @@ def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, 
     student_parts, change_parts = [_BINARY_HEADER], [_BINARY_HEADER]
     for k, i in enumerate(index):
         values = analysis[starts[k]:starts[k + 1]]
-        raw = good.raw[i].encode()
+        raw = good.raw[i]
         student_parts += (student_bytes[k * student_size:(k + 1) * student_size], values,
                           struct.pack(">i", len(raw)), raw)
         change_parts += (change_bytes[k * change_size:(k + 1) * change_size], values)
@@ -348,8 +351,10 @@ def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, 
 
 def _new_students_insert(cursor, *, source_id: int, country: str, batch: Transformed, new: _NewStudents) -> int:
     students, changes = _new_students_payloads(batch, source_id=source_id, country=country, now=new.now)
-    cursor.copy_expert(f"COPY {STUDENT} ({NEW_STUDENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)", students)
-    cursor.copy_expert(f"COPY {CHANGE} ({NEW_CHANGE_COLUMNS}) FROM STDIN WITH (FORMAT binary)", changes)
+    cursor.copy_expert(f"COPY {STUDENT} ({NEW_STUDENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)", students,
+                       size=COPY_CHUNK_BYTES)
+    cursor.copy_expert(f"COPY {CHANGE} ({NEW_CHANGE_COLUMNS}) FROM STDIN WITH (FORMAT binary)", changes,
+                       size=COPY_CHUNK_BYTES)
     # Rows that load now are no longer in quarantine (the source fixed them).
     if new.source_has_quarantine:
         cursor.execute(f"DELETE FROM {QUARANTINE} WHERE source_id = %s AND source_row_id = ANY(%s)",

@@ -2,11 +2,12 @@
 
 Fast paths: a small batch (a poll's few rows) becomes one NumPy array of byte strings converted to float in a single
 `astype` call; a large one (a backfill's) is parsed by Arrow's C++ CSV reader into typed columns (categorical
-variables as integers, the others as floats). Every check is then one array operation over the whole batch, using a
-`Plan` of the codebook (allowed codes as a dense lookup table, missing ranges, column positions) built once per
-codebook. Nothing loops over the 1,118 variables per batch in Python, so a poll that finds 3 new rows costs about a
-millisecond here, and a backfill batch of 1,000 rows about 55 (Arrow ~25, the checks ~11, hashing the rows ~5). A row
-that fails any check is set aside with every reason found; the rest of the batch loads.
+variables as integers, the others as floats). Every check is then one array operation over the whole batch and
+the columns it is about, using a `Plan` of the codebook (labelled and missing codes as a dense lookup table, missing
+ranges, column positions) built once per codebook. Nothing loops over the 1,118 variables per batch in Python, so a
+poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows about 50 (Arrow ~25-30,
+the checks ~8, hashing the rows ~5). A row that fails any check is set aside with every reason found; the rest of the
+batch loads.
 """
 
 from __future__ import annotations
@@ -48,12 +49,19 @@ class Plan:
     numeric_names: tuple[str, ...]
     categorical: np.ndarray  # positions within `numeric` of categorical variables
     allowed_keys: np.ndarray  # sorted column * CODE_SPACE + code for every labelled code
-    allowed_table: np.ndarray | None  # categorical x (max code + 1): is the code allowed (None: use allowed_keys)
+    # The fast path's table: accepted_table[i, code] says whether `code` is labelled or declared missing for the i-th
+    # categorical variable, for codes 0 .. width - 2; the last column (False) catches every code outside that span,
+    # which the slow check then judges. None when some labelled code is not a small integer.
+    accepted_table: np.ndarray | None
     missing_low: np.ndarray  # per numeric variable: user-missing range (NaN when none)
     missing_high: np.ndarray
     missing_values: tuple[tuple[int, np.ndarray], ...]  # (numeric position, discrete user-missing codes)
     required: np.ndarray  # positions within `numeric` that must not be NULL
     analysis: np.ndarray  # positions within `numeric` of ANALYSIS_VARIABLES, in that order
+    # The missing codes of the analysis variables alone: they are the only cells whose missing codes become NULL.
+    analysis_missing_low: np.ndarray
+    analysis_missing_high: np.ndarray
+    analysis_missing_values: tuple[tuple[int, np.ndarray], ...]  # (position within `analysis`, codes)
     plausible_values: tuple[tuple[str, np.ndarray], ...]  # domain -> positions within `numeric` of PV1..PV10
     cnt: int  # position (in the variables) of CNT
     cntstuid: int  # positions within `numeric`
@@ -93,18 +101,24 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
             categorical.append(k)
             keys.extend(k * CODE_SPACE + code for code in spec.value_labels)
     allowed_keys = np.unique(np.array(keys, dtype=np.float64))
+    analysis = np.array([position[name] for name in ANALYSIS_VARIABLES])
+    discrete_by_position = dict(discrete)
     return Plan(
         names=names,
         numeric=np.array(numeric),
         numeric_names=numeric_names,
         categorical=np.array(categorical, dtype=np.int64),
         allowed_keys=allowed_keys,
-        allowed_table=_dense_code_table(allowed_keys, categorical),
+        accepted_table=_accepted_code_table(allowed_keys, categorical, low, high, discrete_by_position),
         missing_low=low,
         missing_high=high,
         missing_values=tuple(discrete),
         required=np.array(sorted(position[name] for name in REQUIRED_VARIABLES)),
-        analysis=np.array([position[name] for name in ANALYSIS_VARIABLES]),
+        analysis=analysis,
+        analysis_missing_low=low[analysis],
+        analysis_missing_high=high[analysis],
+        analysis_missing_values=tuple((j, discrete_by_position[int(k)]) for j, k in enumerate(analysis)
+                                      if int(k) in discrete_by_position),
         plausible_values=tuple((domain, np.array([position[f"PV{m}{domain}"] for m in range(1, 11)]))
                                for domain in SCORE_DOMAINS),
         cnt=names.index("CNT"),
@@ -113,14 +127,22 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
     )
 
 
-def _dense_code_table(allowed_keys: np.ndarray, categorical: Sequence[int]) -> np.ndarray | None:
-    """allowed[i, code] for the i-th categorical variable, or None when some code is not a small integer."""
+def _accepted_code_table(allowed_keys: np.ndarray, categorical: Sequence[int], low: np.ndarray, high: np.ndarray,
+                         discrete: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Plan.accepted_table, or None when some labelled code is not a small integer."""
     numeric_positions, codes = np.divmod(allowed_keys, CODE_SPACE)
     if len(codes) == 0 or codes.min() < 0 or codes.max() >= DENSE_CODE_LIMIT or np.any(codes != np.round(codes)):
         return None
     row_of = {k: i for i, k in enumerate(categorical)}
-    table = np.zeros((len(categorical), int(codes.max()) + 1), dtype=bool)
+    width = int(codes.max()) + 1
+    table = np.zeros((len(categorical), width + 1), dtype=bool)
     table[[row_of[int(k)] for k in numeric_positions], codes.astype(np.int64)] = True
+    span = np.arange(width, dtype=np.float64)
+    for i, k in enumerate(categorical):  # missing codes in the span are accepted by the table too
+        if not np.isnan(low[k]):
+            table[i, :-1] |= (span >= low[k]) & (span <= high[k])
+        if k in discrete:
+            table[i, :-1] |= np.isin(span, discrete[k])
     return table
 
 
@@ -130,7 +152,7 @@ class ParsedBatch:
 
     row_ids: np.ndarray  # int64
     created_at: pd.Series  # datetime64[ns, UTC]
-    raw: list[str]  # the 1,118 values, COPY text, codebook order
+    raw: list[bytes]  # the 1,118 values, COPY text, codebook order, UTF-8 (what is not is replaced, as U+FFFD)
     raw_md5: list[str]
     numbers: np.ndarray  # rows x numeric variables, float64, NaN for NULL, 'NA' and text
     not_numbers: np.ndarray  # rows x numeric variables: True where a cell held text that is not a number
@@ -215,7 +237,7 @@ class _ArrowRead:
 
 def _arrow_read(plan: Plan) -> _ArrowRead:
     types = {name: pa.float64() for name in plan.numeric_names}
-    if plan.allowed_table is not None:
+    if plan.accepted_table is not None:
         # Fast path: when every code of the codebook is a small integer, categorical variables are read as integers,
         # which Arrow parses faster than floats (and hands over as float64 all the same). A cell that is not an
         # integer (1.5, 1e40) fails the batch's read like text does, and pandas' fallback gives it its verdict.
@@ -298,40 +320,70 @@ def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec]) -> Pa
     problems: dict[int, list[str]] = defaultdict(list)
     parse = _parse_large if len(lines) >= PANDAS_PARSER_MIN_ROWS else _parse_small
     row_ids, created_text, numbers, not_numbers, cnt = parse(lines, plan, problems)
-    raw = [line.split(b"\t", 2)[2].decode("utf-8", "replace") for line in lines]
+    # Fast path: raw stays bytes from the source to the warehouse's binary COPY (and md5 hashes the same bytes); only
+    # a line with non-ASCII bytes pays for a decode, which also replaces what is not UTF-8.
+    raw = [line.split(b"\t", 2)[2] for line in lines]
+    for i, text in enumerate(raw):
+        if not text.isascii():
+            raw[i] = text.decode("utf-8", "replace").encode()
     return ParsedBatch(
         row_ids=row_ids,
         created_at=pd.to_datetime(pd.Series(created_text), utc=True, format="ISO8601", errors="coerce"),
-        raw=raw, raw_md5=[hashlib.md5(text.encode()).hexdigest() for text in raw],
+        raw=raw, raw_md5=[hashlib.md5(text).hexdigest() for text in raw],
         numbers=numbers, not_numbers=not_numbers, cnt=cnt, problems=problems,
     )
 
 
-def _missing_codes(numbers: np.ndarray, plan: Plan) -> np.ndarray:
-    """Cells holding a user-missing code (95-99, 99999997, ...)."""
+def _missing_codes(values: np.ndarray, low: np.ndarray, high: np.ndarray,
+                   discrete: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Cells holding a user-missing code (95-99, 99999997, ...): `low`, `high` and `discrete` describe the columns of
+    `values`, as Plan.missing_* or Plan.analysis_missing_* do."""
     with np.errstate(invalid="ignore"):
-        missing = (numbers >= plan.missing_low) & (numbers <= plan.missing_high)
-    for k, codes in plan.missing_values:
-        missing[:, k] |= np.isin(numbers[:, k], codes)
+        missing = (values >= low) & (values <= high)
+    for k, codes in discrete:
+        missing[:, k] |= np.isin(values[:, k], codes)
     return missing
 
 
-def _allowed_codes(codes: np.ndarray, plan: Plan) -> np.ndarray:
-    """Whether each cell (rows x categorical variables) holds one of its variable's labelled codes."""
-    table = plan.allowed_table
-    if table is not None:  # fast path: one gather from the dense table
+def _categorical_not_accepted(codes: np.ndarray, plan: Plan) -> np.ndarray:
+    """Cells (rows x categorical variables) that hold a value which is neither one of the variable's labelled codes
+    nor one of its missing codes. NULL is accepted."""
+    table = plan.accepted_table
+    with np.errstate(invalid="ignore"):
+        if table is not None:
+            # Fast path: one gather from the dense table. A code beyond the table's span, and a negative one (a huge
+            # number as unsigned), lands on the False last column; one that is not an integer (or NULL) fails the
+            # comparison with its integer part.
+            width = table.shape[1]
+            integers = codes.astype(np.int32)
+            index = np.minimum(integers.view(np.uint32), width - 1)
+            index += np.arange(0, table.size, width, dtype=np.uint32)  # row i's offset
+            accepted = table.ravel()[index] & (integers == codes)
+        else:
+            # Membership by binary search in the sorted allowed keys (np.isin would sort the whole batch first).
+            keys = plan.categorical * CODE_SPACE + codes
+            found = np.searchsorted(plan.allowed_keys, keys).clip(max=len(plan.allowed_keys) - 1)
+            accepted = plan.allowed_keys[found] == keys
+    suspects = ~(accepted | np.isnan(codes))
+    if not suspects.any():
+        return suspects
+    rows, columns = np.nonzero(suspects)
+    if len(rows):  # slow path, for the few cells the table cannot judge: missing codes beyond its span
+        positions = plan.categorical[columns]
+        values = codes[rows, columns]
         with np.errstate(invalid="ignore"):
-            in_range = (codes >= 0) & (codes < table.shape[1]) & (codes == np.floor(codes))
-        index = np.where(in_range, codes, 0).astype(np.intp)
-        return in_range & table[np.arange(table.shape[0]), index]
-    keys = plan.categorical * CODE_SPACE + codes
-    # Membership by binary search in the sorted allowed keys (np.isin would sort the whole batch first).
-    found = np.searchsorted(plan.allowed_keys, keys).clip(max=len(plan.allowed_keys) - 1)
-    return plan.allowed_keys[found] == keys
+            declared = (values >= plan.missing_low[positions]) & (values <= plan.missing_high[positions])
+        for k, missing_codes in plan.missing_values:
+            of_k = positions == k
+            if of_k.any():
+                declared[of_k] |= np.isin(values[of_k], missing_codes)
+        suspects[rows[declared], columns[declared]] = False
+    return suspects
 
 
 def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
-    """Record every problem of every row in `batch.problems`; returns the mask of user-missing codes."""
+    """Record every problem of every row in `batch.problems`; returns where the analysis variables hold user-missing
+    codes (rows x ANALYSIS_VARIABLES). Each check reads only the columns it is about."""
     problems = batch.problems
     numbers = batch.numbers
     for row in np.flatnonzero(batch.created_at.isna().to_numpy()):
@@ -341,10 +393,8 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
             problems[row].append("key column CNT is NULL")
         elif cnt != country:
             problems[row].append(f"CNT {cnt!r} does not match the source's country {country}")
-    is_null = np.isnan(numbers)
-    missing = _missing_codes(numbers, plan)
     # NULL where a value is required (text that is not a number was reported already, as such).
-    required_null = is_null[:, plan.required] & ~batch.not_numbers[:, plan.required]
+    required_null = np.isnan(numbers[:, plan.required]) & ~batch.not_numbers[:, plan.required]
     for row, k in zip(*np.nonzero(required_null)):
         name = plan.numeric_names[plan.required[k]]
         problems[int(row)].append(f"key column {name} is NULL" if name in KEY_VARIABLES
@@ -362,17 +412,16 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
             problems[int(row)].append(f"key column {name}: {float(key[row])!r} is beyond the range of a key (bigint)")
     # A categorical value must be one of its variable's codes (labelled, or declared missing).
     codes = numbers[:, plan.categorical]
-    allowed = _allowed_codes(codes, plan)
-    bad = ~np.isnan(codes) & ~allowed & ~missing[:, plan.categorical]
-    for row, k in zip(*np.nonzero(bad)):
+    for row, k in zip(*np.nonzero(_categorical_not_accepted(codes, plan))):
         name = plan.numeric_names[plan.categorical[k]]
         problems[int(row)].append(f"{name}: {codes[row, k]:g} is not a code of this variable")
     # A student has all ten plausible values of a domain or none (the estimators average over all ten).
     for domain, columns in plan.plausible_values:
-        present = (~is_null[:, columns]).sum(axis=1)
+        present = (~np.isnan(numbers[:, columns])).sum(axis=1)
         for row in np.flatnonzero((present > 0) & (present < len(columns))):
             problems[int(row)].append(f"PV1{domain}..PV10{domain}: only {present[row]} of 10 present")
-    return missing
+    return _missing_codes(numbers[:, plan.analysis], plan.analysis_missing_low, plan.analysis_missing_high,
+                          plan.analysis_missing_values)
 
 
 def _key_text(value: float) -> str:
@@ -391,7 +440,7 @@ def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, coun
     ok[list(batch.problems)] = False
     cntstuid_all = batch.numbers[:, plan.cntstuid]
     quarantined = [
-        (int(batch.row_ids[i]), _key_text(cntstuid_all[i]), reasons, batch.raw[i])
+        (int(batch.row_ids[i]), _key_text(cntstuid_all[i]), reasons, batch.raw[i].decode())
         for i, reasons in sorted(batch.problems.items())
     ]
     # Duplicate CNTSTUIDs inside the batch: the latest (created_at, id) wins, the others are recorded.
@@ -410,7 +459,7 @@ def transform(lines: Sequence[bytes], variables: Sequence[VariableSpec], *, coun
     good_index = np.flatnonzero(ok)
 
     analysis = batch.numbers[np.ix_(good_index, plan.analysis)]
-    analysis[missing[np.ix_(good_index, plan.analysis)]] = np.nan  # a 99 never enters an average
+    analysis[missing[good_index]] = np.nan  # a 99 never enters an average
     return Transformed(
         good=batch,
         good_index=good_index,

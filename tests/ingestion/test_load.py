@@ -3,6 +3,8 @@ batch of students the warehouse does not hold yet is written without matching at
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from django.db import connection, transaction
 
@@ -118,7 +120,7 @@ def test_new_students_written_straight_by_copy_equal_the_same_batch_upserted(sou
     # The sample's missing values (NULL, and codes such as 99 that become NULL) must arrive as NULL, never as NaN.
     ids = alb.insert_students(400) + alb.insert_students(3, ESCS=None, ST004D01T=None) + alb.insert_students(
         2, PV1MATH=None, PV2MATH=None, PV3MATH=None, PV4MATH=None, PV5MATH=None, PV6MATH=None, PV7MATH=None,
-        PV8MATH=None, PV9MATH=None, PV10MATH=None)
+        PV8MATH=None, PV9MATH=None, PV10MATH=None) + alb.insert_students(2, STRATUM="ALB0203 Zürich – ñ")
     batch = _batch_of(alb, ids)
     assert len(batch.good_index) == len(ids)
 
@@ -141,6 +143,10 @@ def test_new_students_written_straight_by_copy_equal_the_same_batch_upserted(sou
     assert sum(student[escs] is None for student in students) >= 3
     assert not any(value != value for student in students for value in student[8:] if isinstance(value, float))
     assert Student.objects.filter(source=alb.source, pv1math__isnull=True).count() == 2
+    # Text beyond ASCII arrives as it was, and raw_md5 is the MD5 of what is stored (as the reconciliation computes it).
+    assert Student.objects.filter(source=alb.source, raw__contains="\tALB0203 Zürich – ñ\t").count() == 2
+    raw, md5 = _COMPARED_STUDENT_COLUMNS.index("raw"), _COMPARED_STUDENT_COLUMNS.index("raw_md5")
+    assert all(hashlib.md5(student[raw].encode()).hexdigest() == student[md5] for student in students)
 
 
 def test_a_batch_with_a_student_the_warehouse_holds_is_matched_and_upserted(source_db):

@@ -99,9 +99,9 @@ def test_codes_are_checked_the_same_with_and_without_the_dense_table(variables, 
 
     lines = [line(variables, i, {"ST004D01T": code}) for i, code in enumerate([1, 2, 3, 7, 9, 1.5, -1], start=1)]
     plan = transform_module.plan_for(variables)
-    assert plan.allowed_table is not None  # PISA's codes are small integers: the fast path is the one in use
+    assert plan.accepted_table is not None  # PISA's codes are small integers: the fast path is the one in use
     dense = transform(lines, variables, country="ALB")
-    monkeypatch.setattr(transform_module, "plan_for", lambda _: replace(plan, allowed_table=None))
+    monkeypatch.setattr(transform_module, "plan_for", lambda _: replace(plan, accepted_table=None))
     searched = transform(lines, variables, country="ALB")
     assert dense.quarantined == searched.quarantined
     gender = next(spec for spec in variables if spec.name == "ST004D01T")
@@ -137,3 +137,17 @@ def test_a_key_that_is_not_a_whole_number_is_quarantined(variables, parser):
     assert {row_id: cntstuid for row_id, cntstuid, _, _ in result.quarantined}[2] == "80012345.5"
     assert sorted(result.good.row_ids[result.good_index].tolist()) == [1, 4]  # 80012346.0 is the student 80012346
     assert 80012346 in result.cntstuid.tolist()
+
+
+def test_raw_keeps_text_beyond_ascii_and_replaces_what_is_not_utf8(variables, parser):
+    import hashlib
+
+    stratum = next(k for k, spec in enumerate(variables) if spec.name == "STRATUM")
+    good = line(variables, 1, {"STRATUM": "ALB0203 Zürich"})
+    broken = line(variables, 2, {"STRATUM": "ALB0203 Zürich"}).replace("Zürich".encode(), b"Z\xfcrich")
+    result = transform([good, broken], variables, country="ALB")
+    raw = result.good.raw
+    assert raw[0].split(b"\t")[stratum] == "ALB0203 Zürich".encode()
+    assert raw[1].split(b"\t")[stratum] == "ALB0203 Z\ufffdrich".encode()
+    assert result.good.raw_md5 == [hashlib.md5(text).hexdigest() for text in raw]
+    assert raw[0] == good.split(b"\t", 2)[2]
