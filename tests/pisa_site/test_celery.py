@@ -53,3 +53,17 @@ def test_a_real_worker_consumes_both_queues(celery_worker_process):
     assert {q["name"] for q in queues[worker.name]} == {"ingestion", "metrics"}
     stats = app.control.inspect(destination=[worker.name], timeout=5).stats()[worker.name]
     assert stats["prefetch_count"] == 1  # prefetch multiplier 1 x concurrency 1
+
+
+def test_a_pool_process_leaves_what_it_inherits_out_of_garbage_collection():
+    # Celery sends worker_process_init in each forked pool process; the objects alive then are never freed.
+    import gc
+
+    from celery.signals import worker_process_init
+
+    assert gc.get_freeze_count() == 0
+    try:
+        worker_process_init.send(sender=None)
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
