@@ -250,11 +250,21 @@ def run_pipeline(total: int, workers: int, *, measure=contextlib.nullcontext) ->
 
 
 def measure_once(handles: dict, total: int, workers: int) -> dict:
-    """One pipe phase, then one pipeline phase on an empty warehouse: their figures, side by side."""
+    """A pipe phase, a pipeline phase on an empty warehouse, and a second pipe phase: their figures, side by side.
+
+    The pipeline is compared with the mean of the two pipes around it. On this shared host the CPU a phase gets
+    drifts within a minute (the same code's ratio ranged from 0.40 to 0.58 in one afternoon when it was compared with
+    a single pipe before it); bracketing cancels a drift that is steady over the run and shows one that is not
+    (`pipe_rows_per_second_before_after`)."""
     roles = {"warehouse_database": BENCH_DATABASE, "source_prefix": "pisa_bench_src_"}
-    print("  pipe (baseline)...", flush=True)
-    with MachineCpu() as pipe_cpu, CpuByRole(**roles) as pipe_roles:
-        pipe_seconds = copy_pipe(handles, workers)
+
+    def pipe(when: str):
+        print(f"  pipe (baseline, {when})...", flush=True)
+        with MachineCpu() as pipe_cpu, CpuByRole(**roles) as pipe_roles:
+            seconds = copy_pipe(handles, workers)
+        return seconds, pipe_cpu, pipe_roles
+
+    pipes = [pipe("before")]
     print("  pipeline...", flush=True)
     pipeline_cpu, pipeline_roles = MachineCpu(), CpuByRole(**roles)
 
@@ -264,22 +274,32 @@ def measure_once(handles: dict, total: int, workers: int) -> dict:
             yield
 
     pipeline_seconds, peaks = run_pipeline(total, workers, measure=measure_pipeline)
+    pipes.append(pipe("after"))
+    pipe_seconds = sum(seconds for seconds, _, _ in pipes) / len(pipes)
+    pipe_busy = sum(cpu.busy_seconds for _, cpu, _ in pipes) / len(pipes)
+    pipe_share = sum(cpu.busy_share for _, cpu, _ in pipes) / len(pipes)
+    pipe_by_role: dict[str, float] = {}
+    for _, _, by_role in pipes:
+        for role, value in by_role.per_1000_rows(total).items():
+            pipe_by_role[role] = round(pipe_by_role.get(role, 0.0) + value / len(pipes), 3)
     pipe_rate, pipeline_rate = total / pipe_seconds, total / pipeline_seconds
     figures = {
         "pipe_seconds": round(pipe_seconds, 2), "pipe_rows_per_second": round(pipe_rate),
+        "pipe_rows_per_second_before_after": [round(total / seconds) for seconds, _, _ in pipes],
         "pipeline_seconds": round(pipeline_seconds, 2), "pipeline_rows_per_second": round(pipeline_rate),
         "ratio_pipeline_over_pipe": round(pipeline_rate / pipe_rate, 3),
         # Where the time goes: machine-wide busy CPU per 1,000 rows, and how busy the cores were (1 = saturated).
-        "pipe_cpu_seconds_per_1000_rows": round(pipe_cpu.busy_seconds / total * 1000, 3),
+        "pipe_cpu_seconds_per_1000_rows": round(pipe_busy / total * 1000, 3),
         "pipeline_cpu_seconds_per_1000_rows": round(pipeline_cpu.busy_seconds / total * 1000, 3),
-        "pipe_cpu_busy_share": round(pipe_cpu.busy_share, 2),
+        "pipe_cpu_busy_share": round(pipe_share, 2),
         "pipeline_cpu_busy_share": round(pipeline_cpu.busy_share, 2),
         # The same CPU by kind of process (the pipe's streams are threads of the benchmark process).
-        "pipe_cpu_seconds_per_1000_rows_by_role": pipe_roles.per_1000_rows(total),
+        "pipe_cpu_seconds_per_1000_rows_by_role": pipe_by_role,
         "pipeline_cpu_seconds_per_1000_rows_by_role": pipeline_roles.per_1000_rows(total),
         "peak_worker_rss_mb": round(max(peaks.values()), 1) if peaks else None,
     }
-    print(f"  ratio {figures['ratio_pipeline_over_pipe']}", flush=True)
+    print(f"  ratio {figures['ratio_pipeline_over_pipe']} (pipe before/after: "
+          f"{figures['pipe_rows_per_second_before_after']} rows/s)", flush=True)
     return figures
 
 
@@ -287,7 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="500 rows per source instead of 5,000, one run")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes (and pipe streams)")
-    parser.add_argument("--runs", type=int, help=f"pipe and pipeline phases, alternating (default {DEFAULT_RUNS}); "
+    parser.add_argument("--runs", type=int, help=f"pipe, pipeline, pipe phases (default {DEFAULT_RUNS}); "
                                                  "the run with the median ratio is reported")
     args = parser.parse_args()
     rows_per_source = 500 if args.quick else 5_000
@@ -308,8 +328,8 @@ def main() -> None:
     median_run = sorted(measured, key=lambda figures: figures["ratio_pipeline_over_pipe"])[len(measured) // 2]
     report("ingest", {
         "what": f"backfill of {total:,} rows (1,120 columns) from {len(COUNTRIES)} sources, "
-                f"{args.workers} worker processes / pipe streams; the median of {runs} run(s), each a pipe phase then "
-                "a pipeline phase on an empty warehouse",
+                f"{args.workers} worker processes / pipe streams; the median of {runs} run(s), each a pipeline phase on "
+                "an empty warehouse between two pipe phases (compared with their mean)",
         "rows": total,
         **median_run,
         "ratio_of_each_run": ratios,
