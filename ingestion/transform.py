@@ -56,6 +56,7 @@ class Plan:
     missing_low: np.ndarray  # per numeric variable: user-missing range (NaN when none)
     missing_high: np.ndarray
     missing_values: tuple[tuple[int, np.ndarray], ...]  # (numeric position, discrete user-missing codes)
+    missing_values_by_position: dict[int, np.ndarray]  # the same, by numeric position
     required: np.ndarray  # positions within `numeric` that must not be NULL
     analysis: np.ndarray  # positions within `numeric` of ANALYSIS_VARIABLES, in that order
     # The missing codes of the analysis variables alone: they are the only cells whose missing codes become NULL.
@@ -113,6 +114,7 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
         missing_low=low,
         missing_high=high,
         missing_values=tuple(discrete),
+        missing_values_by_position=discrete_by_position,
         required=np.array(sorted(position[name] for name in REQUIRED_VARIABLES)),
         analysis=analysis,
         analysis_missing_low=low[analysis],
@@ -321,11 +323,14 @@ def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec]) -> Pa
     parse = _parse_large if len(lines) >= PANDAS_PARSER_MIN_ROWS else _parse_small
     row_ids, created_text, numbers, not_numbers, cnt = parse(lines, plan, problems)
     # Fast path: raw stays bytes from the source to the warehouse's binary COPY (and md5 hashes the same bytes); only
-    # a line with non-ASCII bytes pays for a decode, which also replaces what is not UTF-8.
+    # a line with non-ASCII bytes pays for a check that it is UTF-8, and one that is not has what is not replaced.
     raw = [line.split(b"\t", 2)[2] for line in lines]
     for i, text in enumerate(raw):
         if not text.isascii():
-            raw[i] = text.decode("utf-8", "replace").encode()
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raw[i] = text.decode("utf-8", "replace").encode()
     return ParsedBatch(
         row_ids=row_ids,
         created_at=pd.to_datetime(pd.Series(created_text), utc=True, format="ISO8601", errors="coerce"),
@@ -373,9 +378,10 @@ def _categorical_not_accepted(codes: np.ndarray, plan: Plan) -> np.ndarray:
         values = codes[rows, columns]
         with np.errstate(invalid="ignore"):
             declared = (values >= plan.missing_low[positions]) & (values <= plan.missing_high[positions])
-        for k, missing_codes in plan.missing_values:
-            of_k = positions == k
-            if of_k.any():
+        for k in np.unique(positions):
+            missing_codes = plan.missing_values_by_position.get(int(k))
+            if missing_codes is not None:
+                of_k = positions == k
                 declared[of_k] |= np.isin(values[of_k], missing_codes)
         suspects[rows[declared], columns[declared]] = False
     return suspects

@@ -61,9 +61,12 @@ def test_a_pool_process_leaves_what_it_inherits_out_of_garbage_collection():
 
     from celery.signals import worker_process_init
 
+    from pisa_site.celery import _freeze_what_the_pool_process_inherits
+
+    assert _freeze_what_the_pool_process_inherits in [receiver() for _, receiver in worker_process_init.receivers]
     assert gc.get_freeze_count() == 0
     try:
-        worker_process_init.send(sender=None)
+        _freeze_what_the_pool_process_inherits()
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
