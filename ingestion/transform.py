@@ -5,8 +5,8 @@ Fast paths: a small batch (a poll's few rows) becomes one NumPy array of byte st
 variables as integers, the others as floats). Every check is then one array operation over the whole batch and
 the columns it is about, using a `Plan` of the codebook (labelled and missing codes as a dense lookup table, missing
 ranges, column positions) built once per codebook. Nothing loops over the 1,118 variables per batch in Python, so a
-poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows about 50 (Arrow ~25-30,
-the checks ~8, hashing the rows ~5). A row that fails any check is set aside with every reason found; the rest of the
+poll that finds 3 new rows costs about a millisecond here, and a backfill batch of 1,000 rows about 50 (Arrow ~25,
+the checks ~8, hashing the rows ~7). A row that fails any check is set aside with every reason found; the rest of the
 batch loads.
 """
 
