@@ -39,7 +39,7 @@ from ingestion.extract import SourceReader, SourceSnapshot, SourceUnavailable, f
 from ingestion.layout import pisa_variables
 from ingestion.load import LoadResult, batch_load, commits_without_waiting_for_disk, students_remove
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
-from ingestion.transform import transform
+from ingestion.transform import line_digest, transform
 
 logger = logging.getLogger(__name__)
 
@@ -346,10 +346,7 @@ def _reconcile_content(reader, source, state, max_id: int, result: SyncResult, p
         lines = reader.lines_in_id_range(low, low + RECONCILE_RANGE - 1)
         changed = []
         for line in lines:
-            row_id_text, _, rest = line.partition(b"\t")
-            row_id = int(row_id_text)
-            body = rest.split(b"\t", 1)[1] if b"\t" in rest else b""
-            digest = hashlib.md5(body.decode("utf-8", "replace").encode()).hexdigest()
+            row_id, digest = line_digest(line)
             if row_id in stored and stored[row_id] != digest:
                 changed.append(line)
         if changed:

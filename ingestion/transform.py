@@ -55,8 +55,7 @@ class Plan:
     accepted_table: np.ndarray | None
     missing_low: np.ndarray  # per numeric variable: user-missing range (NaN when none)
     missing_high: np.ndarray
-    missing_values: tuple[tuple[int, np.ndarray], ...]  # (numeric position, discrete user-missing codes)
-    missing_values_by_position: dict[int, np.ndarray]  # the same, by numeric position
+    missing_values: dict[int, np.ndarray]  # numeric position -> its discrete user-missing codes
     required: np.ndarray  # positions within `numeric` that must not be NULL
     analysis: np.ndarray  # positions within `numeric` of ANALYSIS_VARIABLES, in that order
     # The missing codes of the analysis variables alone: they are the only cells whose missing codes become NULL.
@@ -113,8 +112,7 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
         accepted_table=_accepted_code_table(allowed_keys, categorical, low, high, discrete_by_position),
         missing_low=low,
         missing_high=high,
-        missing_values=tuple(discrete),
-        missing_values_by_position=discrete_by_position,
+        missing_values=discrete_by_position,
         required=np.array(sorted(position[name] for name in REQUIRED_VARIABLES)),
         analysis=analysis,
         analysis_missing_low=low[analysis],
@@ -317,20 +315,32 @@ def _parse_pandas(lines: Sequence[bytes], plan: Plan, problems) -> tuple[np.ndar
         not_numbers, cnt
 
 
+def stored_raw(values: bytes) -> bytes:
+    """The 1,118 values of a source line (after its id and created_at) as the warehouse stores them in `raw`: the same
+    bytes, with whatever is not UTF-8 replaced by U+FFFD. Fast path: raw stays bytes from the source to the binary
+    COPY, and only a line with non-ASCII bytes pays for a check."""
+    if values.isascii():
+        return values
+    try:
+        values.decode("utf-8")
+        return values
+    except UnicodeDecodeError:
+        return values.decode("utf-8", "replace").encode()
+
+
+def line_digest(line: bytes) -> tuple[int, str]:
+    """(row id, MD5 of the 1,118 values as stored) of one source line: what `raw_md5` holds for a loaded row."""
+    row_id, _, rest = line.partition(b"\t")
+    values = rest.split(b"\t", 1)[1] if b"\t" in rest else b""
+    return int(row_id), hashlib.md5(stored_raw(values)).hexdigest()
+
+
 def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec]) -> ParsedBatch:
     plan = plan_for(variables)
     problems: dict[int, list[str]] = defaultdict(list)
     parse = _parse_large if len(lines) >= PANDAS_PARSER_MIN_ROWS else _parse_small
     row_ids, created_text, numbers, not_numbers, cnt = parse(lines, plan, problems)
-    # Fast path: raw stays bytes from the source to the warehouse's binary COPY (and md5 hashes the same bytes); only
-    # a line with non-ASCII bytes pays for a check that it is UTF-8, and one that is not has what is not replaced.
-    raw = [line.split(b"\t", 2)[2] for line in lines]
-    for i, text in enumerate(raw):
-        if not text.isascii():
-            try:
-                text.decode("utf-8")
-            except UnicodeDecodeError:
-                raw[i] = text.decode("utf-8", "replace").encode()
+    raw = [stored_raw(line.split(b"\t", 2)[2]) for line in lines]
     return ParsedBatch(
         row_ids=row_ids,
         created_at=pd.to_datetime(pd.Series(created_text), utc=True, format="ISO8601", errors="coerce"),
@@ -342,7 +352,7 @@ def parse_lines(lines: Sequence[bytes], variables: Sequence[VariableSpec]) -> Pa
 def _missing_codes(values: np.ndarray, low: np.ndarray, high: np.ndarray,
                    discrete: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
     """Cells holding a user-missing code (95-99, 99999997, ...): `low`, `high` and `discrete` describe the columns of
-    `values`, as Plan.missing_* or Plan.analysis_missing_* do."""
+    `values`, as Plan.analysis_missing_* do."""
     with np.errstate(invalid="ignore"):
         missing = (values >= low) & (values <= high)
     for k, codes in discrete:
@@ -372,18 +382,18 @@ def _categorical_not_accepted(codes: np.ndarray, plan: Plan) -> np.ndarray:
     suspects = ~(accepted | np.isnan(codes))
     if not suspects.any():
         return suspects
+    # Slow path, for the few cells the table cannot judge: missing codes beyond its span.
     rows, columns = np.nonzero(suspects)
-    if len(rows):  # slow path, for the few cells the table cannot judge: missing codes beyond its span
-        positions = plan.categorical[columns]
-        values = codes[rows, columns]
-        with np.errstate(invalid="ignore"):
-            declared = (values >= plan.missing_low[positions]) & (values <= plan.missing_high[positions])
-        for k in np.unique(positions):
-            missing_codes = plan.missing_values_by_position.get(int(k))
-            if missing_codes is not None:
-                of_k = positions == k
-                declared[of_k] |= np.isin(values[of_k], missing_codes)
-        suspects[rows[declared], columns[declared]] = False
+    positions = plan.categorical[columns]
+    values = codes[rows, columns]
+    with np.errstate(invalid="ignore"):
+        declared = (values >= plan.missing_low[positions]) & (values <= plan.missing_high[positions])
+    for k in np.unique(positions):
+        missing_codes = plan.missing_values.get(int(k))
+        if missing_codes is not None:
+            of_k = positions == k
+            declared[of_k] |= np.isin(values[of_k], missing_codes)
+    suspects[rows[declared], columns[declared]] = False
     return suspects
 
 

@@ -12,8 +12,8 @@ For each source, every row is classified by its id and by the MD5 of its 1,118 v
 - **duplicated**: one source row accounted for more than once (two students, or a student and a quarantined row).
 
 Source rows are rendered exactly as the extractor renders them (`SourceReader`, `COPY (SELECT ...) TO STDOUT` on
-PostgreSQL) and hashed like `ingestion.pipeline._reconcile_content` does, so typed and all-text ('NA') sources
-compare alike. The warehouse side hashes the stored `raw` itself (`md5(raw)` in SQL) rather than trusting
+PostgreSQL) and hashed by `ingestion.transform.line_digest`, as the reconciliation hashes them, so typed and
+all-text ('NA') sources compare alike. The warehouse side hashes the stored `raw` itself (`md5(raw)` in SQL) rather than trusting
 `raw_md5`, and also checks `raw_md5`.
 
 Memory stays flat whatever the size of a source: both sides are walked together in ascending id ranges, each range
@@ -23,7 +23,6 @@ rows of any one table (about 8 MB of source lines).
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -36,6 +35,7 @@ from ingestion.extract import SourceReader, SourceUnavailable, _describe
 from ingestion.layout import pisa_variables
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, Student
 from ingestion.services import SourceNotFoundError
+from ingestion.transform import line_digest
 
 # Rows compared per step and side: ~4 KB of COPY text each, so a step reads ~8 MB from the source.
 VERIFY_BATCH_ROWS = 2000
@@ -173,13 +173,6 @@ def _source_nth_id_after(reader: SourceReader, low: int, skip: int) -> int | Non
             return connection.execute(query).scalar()
     except sa.exc.SQLAlchemyError as exc:
         raise SourceUnavailable(_describe(exc)) from exc
-
-
-def line_digest(line: bytes) -> tuple[int, str]:
-    """(row id, MD5 of the 1,118 values) of one extracted line, hashed as the pipeline hashes `raw`."""
-    row_id, _, rest = line.partition(b"\t")
-    body = rest.split(b"\t", 1)[1] if b"\t" in rest else b""
-    return int(row_id), hashlib.md5(body.decode("utf-8", "replace").encode()).hexdigest()
 
 
 def _compare_range(reader: SourceReader, source: Source, low: int, high: int, result: SourceVerification) -> int:
