@@ -1,4 +1,5 @@
-"""GET /api/v1/sources/: each source's ingestion status (no passwords: URLs are shown with the password hidden).
+"""GET /api/v1/sources/: each source's ingestion status (no passwords: URLs are shown with the password hidden), and,
+for staff, GET /api/v1/sources/{code}/quarantine/: the rows it could not load, with their reasons and values.
 
 Fast path: every dashboard polls this every second, so each web process renders the list at most once every
 INGEST_STATUS_CACHE_SECONDS (0.5 s) and answers everyone in between with the same bytes (or a 304 for its ETag).
@@ -13,13 +14,21 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from ingestion.selectors import source_statuses
-from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, bad_request,
-                            cached_json, fast_path, method_not_allowed, query_problem)
+from ingestion.layout import raw_values
+from ingestion.selectors import (QuarantinedRowNotFoundError, quarantined_row_get, quarantined_row_list, source_get,
+                                 source_statuses)
+from ingestion.services import SourceNotFoundError
+from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
+                           StaffApi, bad_request, cached_json, fast_path, method_not_allowed, query_problem)
 
 
 class SourceStatusSerializer(serializers.Serializer):
@@ -98,3 +107,127 @@ def source_status_list_fast(request):
     if request.method != "GET":
         return method_not_allowed()
     return _statuses(request)
+
+
+# --- Quarantine (staff) ------------------------------------------------------------------------------------------
+# Whole student responses, so not public (docs/security.md): staff allowed to view quarantined rows in the admin.
+
+class QuarantinedRowSerializer(serializers.Serializer):
+    source_row_id = serializers.IntegerField(help_text="The row's `id` in the source table")
+    cntstuid = serializers.CharField(allow_blank=True, help_text="The CNTSTUID the row gave, as it gave it")
+    reasons = serializers.ListField(child=serializers.CharField(), help_text="Every reason it could not load")
+    first_seen_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField(help_text="The last sync that read it (and quarantined it again)")
+
+
+class QuarantinedRowDetailSerializer(QuarantinedRowSerializer):
+    values = serializers.SerializerMethodField()
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                          "description": "All 1,118 variables in codebook order, as the source holds them (null "
+                                         "for NULL, the source's own spelling otherwise: `NA` stays `NA`)"})
+    def get_values(self, row) -> dict:
+        return raw_values(row.raw)
+
+
+class QuarantinedRowPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Quarantined rows of the source, on every page")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = QuarantinedRowSerializer(many=True)
+
+
+BIGINT_MAX = 2**63 - 1
+
+
+class QuarantinePagination(PageNumberPagination):
+    page_size = 50
+
+
+QUARANTINE_ERRORS = {
+    401: OpenApiResponse(ErrorSerializer, description="Not logged in: send HTTP Basic credentials or the admin's "
+                                                      "session cookie"),
+    403: OpenApiResponse(ErrorSerializer, description="Logged in, but not staff allowed to view quarantined rows"),
+}
+
+
+def _error(message: str, status_code: int) -> Response:
+    return Response({"error": message}, status=status_code)
+
+
+def _source_or_404(code: str):
+    try:
+        return source_get(code=code), None
+    except SourceNotFoundError:
+        return None, _error(f"no source with code {code[:60]!r}", status.HTTP_404_NOT_FOUND)
+
+
+class QuarantinedRowListApi(StaffApi):
+    """A source's quarantined rows, 50 a page, in source order, each with every reason it could not load; staff
+    allowed to view quarantined rows only (HTTP Basic, or the admin's session)."""
+
+    required_permission = "ingestion.view_quarantinedrow"
+
+    class FilterSerializer(serializers.Serializer):
+        page = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000,
+                                        help_text="Page of 50 rows, from 1")
+
+    PARAMETERS = frozenset({"page", *DRF_QUERY_PARAMETERS})
+
+    @extend_schema(
+        operation_id="v1_sources_quarantine_list",
+        parameters=[FilterSerializer],
+        responses={200: QuarantinedRowPageSerializer, **QUARANTINE_ERRORS,
+                   400: OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a "
+                                                                     "bad page number"),
+                   404: OpenApiResponse(ErrorSerializer, description="No such source, or a page past the last one")},
+        summary="A source's quarantined rows, in source order, with every reason (staff)",
+    )
+    def get(self, request: Request, code: str) -> Response:
+        if problem := query_problem(request.query_params, self.PARAMETERS):
+            return _error(problem, status.HTTP_400_BAD_REQUEST)
+        filters = self.FilterSerializer(data=request.query_params)
+        if not filters.is_valid():
+            return _error("page: " + " ".join(str(m) for m in filters.errors["page"]), status.HTTP_400_BAD_REQUEST)
+        source, missing = _source_or_404(code)
+        if missing:
+            return missing
+        paginator = QuarantinePagination()
+        try:
+            page = paginator.paginate_queryset(quarantined_row_list(source=source), request, view=self)
+        except NotFound:
+            return _error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
+        return paginator.get_paginated_response(QuarantinedRowSerializer(page, many=True).data)
+
+
+class QuarantinedRowDetailApi(StaffApi):
+    """One quarantined row: its reasons and all 1,118 values as the source holds them; staff allowed to view
+    quarantined rows only (HTTP Basic, or the admin's session)."""
+
+    required_permission = "ingestion.view_quarantinedrow"
+
+    @extend_schema(
+        operation_id="v1_sources_quarantine_row",
+        parameters=[OpenApiParameter("source_row_id", OpenApiTypes.INT, OpenApiParameter.PATH,
+                                     description="The row's `id` in the source table")],
+        responses={200: QuarantinedRowDetailSerializer, **QUARANTINE_ERRORS,
+                   400: OpenApiResponse(ErrorSerializer, description="A query parameter (it takes none)"),
+                   404: OpenApiResponse(ErrorSerializer, description="No such source, or the row is not in "
+                                                                     "quarantine")},
+        summary="One quarantined row with its reasons and all 1,118 values (staff)",
+    )
+    def get(self, request: Request, code: str, source_row_id: str) -> Response:
+        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
+            return _error(problem, status.HTTP_400_BAD_REQUEST)
+        source, missing = _source_or_404(code)
+        if missing:
+            return missing
+        # Not a number, or beyond bigint (PostgreSQL would refuse to compare with it): no such row.
+        if not (source_row_id.isascii() and source_row_id.isdigit()) or int(source_row_id) > BIGINT_MAX:
+            return _error(f"row {source_row_id[:60]!r} of {source.code} is not in quarantine: ids are whole numbers",
+                          status.HTTP_404_NOT_FOUND)
+        try:
+            row = quarantined_row_get(source=source, source_row_id=int(source_row_id))
+        except QuarantinedRowNotFoundError as exc:
+            return _error(str(exc), status.HTTP_404_NOT_FOUND)
+        return Response(QuarantinedRowDetailSerializer(row).data)

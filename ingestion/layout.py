@@ -14,6 +14,7 @@ would need ~9 KB, so the warehouse keeps each student as:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -50,3 +51,22 @@ def pisa_variables() -> Sequence[VariableSpec]:
     from codebook.selectors import variable_specs
 
     return variable_specs() or _specs_from_file(str(settings.PISA_CODEBOOK_PATH))
+
+
+# The escapes PostgreSQL's COPY TO writes in text format; any other backslashed character stands for itself.
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def raw_field_value(field: str) -> str | None:
+    """One field of a raw line as the source held it: None for `\\N`, the text unescaped otherwise."""
+    if field == "\\N":
+        return None
+    if "\\" not in field:
+        return field
+    return _COPY_ESCAPE.sub(lambda match: _COPY_ESCAPES.get(match[1], match[1]), field)
+
+
+def raw_values(raw: str) -> dict[str, str | None]:
+    """Every variable of a raw line by name, in codebook order, with the source's own spelling (`NA` stays `NA`)."""
+    return {spec.name: raw_field_value(field) for spec, field in zip(pisa_variables(), raw.split("\t"))}

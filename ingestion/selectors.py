@@ -1,12 +1,16 @@
-"""Reads of the ingestion app: the source registry and where each source stands."""
+"""Reads of the ingestion app: the source registry, where each source stands, and what it could not load."""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from ingestion.models import Source, SourceState
+from ingestion.models import QuarantinedRow, Source, SourceState
 from ingestion.services import SourceNotFoundError
+
+
+class QuarantinedRowNotFoundError(LookupError):
+    pass
 
 
 def source_list(*, enabled: bool | None = None) -> QuerySet[Source]:
@@ -15,6 +19,8 @@ def source_list(*, enabled: bool | None = None) -> QuerySet[Source]:
 
 
 def source_get(*, code: str) -> Source:
+    if "\x00" in code:  # PostgreSQL text cannot hold NUL: no source has it (and the query would fail)
+        raise SourceNotFoundError(f"no source with code {code[:60]!r}")
     try:
         return Source.objects.get(code=code)
     except Source.DoesNotExist:
@@ -50,3 +56,17 @@ def source_statuses() -> list[dict]:
             "retry_at": state.retry_at,
         })
     return statuses
+
+
+def quarantined_row_list(*, source: Source) -> QuerySet[QuarantinedRow]:
+    """A source's quarantined rows, in source order (ids only grow, so a page stays put while new ones arrive)."""
+    return QuarantinedRow.objects.filter(source=source).order_by("source_row_id").defer("raw")
+
+
+def quarantined_row_get(*, source: Source, source_row_id: int) -> QuarantinedRow:
+    try:
+        return QuarantinedRow.objects.get(source=source, source_row_id=source_row_id)
+    except QuarantinedRow.DoesNotExist:
+        raise QuarantinedRowNotFoundError(
+            f"row {source_row_id} of {source.code} is not in quarantine (it loaded, was deleted, or never existed)"
+        ) from None

@@ -12,7 +12,8 @@ from django.http import HttpResponse, HttpResponseNotModified, JsonResponse, Que
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.views import APIView
 
 MAX_NAMES_SHOWN = 5
@@ -69,6 +70,29 @@ class PublicApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+
+
+class StaffPermission(BasePermission):
+    """Active staff holding `StaffApi.required_permission` (superusers hold every permission)."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_active and user.is_staff and user.has_perm(view.required_permission))
+
+
+class StaffApi(APIView):
+    """Read-only, for staff holding `required_permission`: logged in to the admin (its session cookie) or sending
+    HTTP Basic credentials (a script). Anonymous callers get a 401, others a 403, both as `{"error": ...}`."""
+
+    authentication_classes = [BasicAuthentication, SessionAuthentication]  # Basic first: its 401 says how to log in
+    permission_classes = [StaffPermission]
+    required_permission = ""
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if isinstance(response.data, dict) and set(response.data) == {"detail"}:
+            response.data = {"error": str(response.data["detail"])}
+        return response
 
 
 def fast_path(api_class: type[APIView]):

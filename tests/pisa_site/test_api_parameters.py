@@ -9,22 +9,38 @@ from drf_spectacular.generators import SchemaGenerator
 from tests.codebook.conftest import small_codebook, write_codebook_csv  # noqa: F401  (fixtures)
 
 # The small codebook knows FRA, ITA and MEX (CNT's labels) and the variables CNT, ST004D01T, ESCS and TMINS.
-FILLED = {"{name}": "ESCS", "{code}": "FRA"}
+FILLED = {"{name}": "ESCS", "{code}": "FRA", "{source_row_id}": "1"}
 
 
-def operations() -> dict[str, set[str]]:
-    """Every path of the OpenAPI schema (parameters filled) -> the names of the query parameters it declares."""
+def operations() -> tuple[dict[str, set[str]], set[str]]:
+    """Every path of the OpenAPI schema (parameters filled) -> the names of the query parameters it declares; and
+    the paths that ask for credentials (staff only: the quarantine)."""
     schema = SchemaGenerator().get_schema(request=None, public=True)
-    found = {}
+    found, restricted = {}, set()
     for path, methods in schema["paths"].items():
         for template, value in FILLED.items():
             path = path.replace(template, value)
         found[path] = {p["name"] for p in methods["get"].get("parameters", []) if p["in"] == "query"}
-    return found
+        if methods["get"].get("security", [{}]) != [{}]:
+            restricted.add(path)
+    return found, restricted
 
 
-OPERATIONS = operations()
+OPERATIONS, RESTRICTED = operations()
 WITH_COUNTRIES = sorted(path for path, names in OPERATIONS.items() if "countries" in names)
+
+
+@pytest.fixture
+def caller(client, admin_user):
+    """Anonymous for the public paths; a superuser for the staff-only ones (anonymous callers get a 401 there,
+    before any parameter is looked at: tests/ingestion/test_quarantine_api.py)."""
+
+    def for_path(path: str):
+        if path in RESTRICTED:
+            client.force_login(admin_user)
+        return client
+
+    return for_path
 
 
 def refused(client, path: str, query: dict | str, status: int = 400) -> str:
@@ -37,22 +53,23 @@ def refused(client, path: str, query: dict | str, status: int = 400) -> str:
 
 
 def test_the_schema_lists_every_endpoint():
-    assert len(OPERATIONS) == 13 and len(WITH_COUNTRIES) == 7
+    assert len(OPERATIONS) == 15 and len(WITH_COUNTRIES) == 7
+    assert RESTRICTED == {"/api/v1/sources/FRA/quarantine/", "/api/v1/sources/FRA/quarantine/1/"}
 
 
 @pytest.mark.parametrize("path", sorted(OPERATIONS))
-def test_an_unknown_parameter_is_a_400_that_names_it(small_codebook, client, path):
-    message = refused(client, path, {"contries": "FRA"})
+def test_an_unknown_parameter_is_a_400_that_names_it(small_codebook, caller, path):
+    message = refused(caller(path), path, {"contries": "FRA"})
     assert message.startswith("unknown query parameter(s): 'contries' (this URL takes ")
     takes = OPERATIONS[path] or {"no query parameters"}
     assert all(name in message for name in takes)
 
 
 @pytest.mark.parametrize("path", sorted(path for path, names in OPERATIONS.items() if names))
-def test_a_parameter_given_twice_is_a_400(small_codebook, client, path):
+def test_a_parameter_given_twice_is_a_400(small_codebook, caller, path):
     name = sorted(OPERATIONS[path])[0]
     value = {"countries": "FRA", "page": "1", "kind": "weight", "section": "weights", "search": "x"}[name]
-    assert refused(client, path, f"{name}={value}&{name}={value}") == f"'{name}' is given 2 times: give it once"
+    assert refused(caller(path), path, f"{name}={value}&{name}={value}") == f"'{name}' is given 2 times: give it once"
 
 
 @pytest.mark.parametrize("path", WITH_COUNTRIES)
@@ -115,7 +132,13 @@ def test_the_codebook_list_answers_good_filters(small_codebook, client):
     ("/api/v1/countries/ZZZ/", 404),
     ("/api/v1/countries/F%00R/", 404),
     (f"/api/v1/countries/{'X' * 5000}/", 404),
+    ("/api/v1/sources/ZZZ/quarantine/", 404),
+    ("/api/v1/sources/F%00R/quarantine/", 404),
+    (f"/api/v1/sources/{'X' * 5000}/quarantine/", 404),
+    ("/api/v1/sources/ZZZ/quarantine/1/", 404),
 ], ids=lambda value: str(value)[:45])
-def test_a_path_naming_nothing_is_a_404_with_a_message(small_codebook, client, path, status):
+def test_a_path_naming_nothing_is_a_404_with_a_message(small_codebook, client, admin_user, path, status):
+    if "/quarantine/" in path:
+        client.force_login(admin_user)
     message = refused(client, path, {}, status)
     assert len(message) < 200  # the name is quoted, cut short
