@@ -1,10 +1,14 @@
 """The Celery application. Configuration lives in settings.py (CELERY_* names), tasks in each app's tasks.py."""
 
+import faulthandler
 import gc
 import os
+import signal
+import sys
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun, worker_process_init
+from celery.signals import (after_setup_logger, after_setup_task_logger, beat_init, task_postrun, task_prerun,
+                            worker_init, worker_process_init)
 
 from pisa_site.logs import handlers_hide_passwords
 
@@ -20,6 +24,20 @@ app.autodiscover_tasks()
 def _logs_hide_passwords(logger, **kwargs):
     """The worker and beat replace Django's logging with their own handlers: those hide URL passwords too."""
     handlers_hide_passwords(logger)
+
+
+# `kill -USR2 <pid>` of a worker, one of its pool processes or beat writes the stack of every thread of that process
+# to its log (stderr), without stopping it: what a process that is alive but doing nothing waits on. Written from C,
+# so it works even when Python code cannot run. (Celery's own SIGUSR1 does the same for a worker's main process only,
+# through Python code.) Registered in Celery's processes alone: gunicorn uses SIGUSR2 for itself.
+STACK_DUMP_SIGNAL = signal.SIGUSR2
+
+
+@worker_init.connect
+@beat_init.connect
+@worker_process_init.connect
+def _dump_stacks_on_signal(**kwargs):
+    faulthandler.register(STACK_DUMP_SIGNAL, file=sys.__stderr__, all_threads=True)
 
 
 @worker_process_init.connect

@@ -1,9 +1,14 @@
 """Celery is configured on purpose, and a real worker built from that configuration serves both queues."""
 
+import os
+import time
+
+import psutil
 import pytest
 from django.conf import settings
 
-from pisa_site.celery import app
+from pisa_site.celery import STACK_DUMP_SIGNAL, app
+from tests.conftest import wait_until
 
 
 def test_messages_outlive_the_longest_task():
@@ -70,3 +75,31 @@ def test_a_pool_process_leaves_what_it_inherits_out_of_garbage_collection():
         assert gc.get_freeze_count() > 10_000
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigusr2_writes_every_stack_of_a_worker_and_its_pool_process_to_the_log_and_both_carry_on(
+        celery_worker_process, tmp_path):
+    log_path = tmp_path / "worker.log"
+    worker = celery_worker_process("ingestion", log=open(log_path, "wb"))
+    [child] = psutil.Process(worker.process.pid).children()
+
+    for pid in (worker.process.pid, child.pid):
+        before = log_path.stat().st_size
+        os.kill(pid, STACK_DUMP_SIGNAL)
+        assert wait_until(lambda: log_path.stat().st_size > before, timeout=10)
+        dump = wait_for_dump(log_path, before)
+        assert "Current thread" in dump or "Thread 0x" in dump
+        assert 'File "' in dump and "celery" in dump
+
+    assert worker.process.poll() is None and child.is_running()
+    assert app.control.ping(destination=[worker.name], timeout=5)
+
+
+def wait_for_dump(log_path, offset: int) -> str:
+    """What the process wrote after `offset`, once it stopped writing (faulthandler writes a thread at a time)."""
+    size = -1
+    while size != log_path.stat().st_size:
+        size = log_path.stat().st_size
+        time.sleep(0.3)
+    return log_path.read_bytes()[offset:].decode(errors="replace")

@@ -3,6 +3,7 @@ real PostgreSQL, and a Redis of the test's own that the scenario stops and start
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,9 +17,10 @@ import psutil
 import pytest
 from django.conf import settings
 
-from ingestion.models import Source
+from ingestion.models import Source, SourceState
 from ingestion.verification import sources_to_verify, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
+from pisa_site.celery import STACK_DUMP_SIGNAL
 from pisa_site.embedded import EmbeddedRedis
 from simulator.chaos import QUICK, ChaosRun, Stack, poll_until
 from simulator.models import Injection
@@ -89,16 +91,73 @@ def chaos_stack(own_redis, celery_worker_process, pg_url_template, specs, tmp_pa
                                         "--url-template", pg_url_template, "--rate", "10", "--seed-rows", "60"])
         ingest = celery_worker_process("ingestion", name="chaos-ingest", concurrency=2, env=env,
                                        log=open(logs / "ingest.log", "wb"))
-        celery_worker_process("metrics", name="chaos-metrics", env=env, log=open(logs / "metrics.log", "wb"))
+        metrics = celery_worker_process("metrics", name="chaos-metrics", env=env, log=open(logs / "metrics.log", "wb"))
         beat = spawn("beat", [sys.executable, "-m", "celery", "-A", "pisa_site", "beat", "--loglevel", "WARNING"])
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while "Seeded" not in (logs / "simulator.log").read_text(errors="replace"):
             assert simulator.poll() is None and time.monotonic() < deadline, _tail(logs / "simulator.log")
             time.sleep(0.2)
-        yield env, logs, {"ingest": ingest.process, "beat": beat, "simulator": simulator}
+        # Beat ticks and the worker syncs: the stack is up (and beat's SIGUSR2 handler is in place, see _stack_dumps).
+        while not SourceState.objects.filter(last_success_at__isnull=False).exists():
+            assert beat.poll() is None and time.monotonic() < deadline, _tail(logs / "beat.log")
+            time.sleep(0.2)
+        yield env, logs, {"ingest": ingest.process, "metrics": metrics.process, "beat": beat, "simulator": simulator}
     finally:
         for process in processes:
             _stop(process)
+
+
+def _broker_state(env) -> str:
+    """What the broker holds (queued and unacknowledged messages) and what the ingest worker says of itself (its
+    prefetch count, the tasks it runs and holds): a worker that does not answer is one whose main loop is stuck."""
+    import redis
+
+    lines = []
+    try:
+        broker = redis.Redis.from_url(env["CELERY_BROKER_URL"], socket_timeout=5)
+        lines.append(f"queued: ingestion {broker.llen('ingestion')}, metrics {broker.llen('metrics')}; "
+                     f"unacknowledged {broker.hlen('unacked')}")
+    except redis.RedisError as exc:
+        lines.append(f"broker unreachable: {exc}")
+    for what in ("stats", "active", "reserved"):
+        answer = subprocess.run([sys.executable, "-m", "celery", "-A", "pisa_site", "inspect", what, "--timeout", "3",
+                                 "--json"], cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True,
+                                timeout=60)
+        try:
+            replies = json.loads(answer.stdout)
+        except ValueError:  # nobody answered: the command says so in words
+            lines.append(f"inspect {what}: {(answer.stdout + answer.stderr).strip()[:500]}")
+            continue
+        for worker, reply in sorted(replies.items()):
+            if what == "stats":
+                reply = {"prefetch_count": reply.get("prefetch_count"), "total": reply.get("total"),
+                         "processes": reply.get("pool", {}).get("processes")}
+            else:
+                reply = [(task["name"], task.get("kwargs", {}).get("code") or task.get("args"), task.get("worker_pid"))
+                         for task in reply]
+            lines.append(f"inspect {what} {worker}: {reply}")
+    return "\n=== broker and workers\n" + "\n".join(lines)
+
+
+def _stack_dumps(logs, processes) -> str:
+    """Every thread's stack of the stack's Celery processes (workers, their pool processes, beat), as each wrote it
+    to its log on SIGUSR2 (pisa_site/celery.py): what a process that is alive but does nothing is waiting on."""
+    offsets, signalled = {}, []
+    for name in ("ingest", "metrics", "beat"):
+        process, log = processes[name], logs / f"{name}.log"
+        if process.poll() is not None:
+            continue
+        offsets[name] = log.stat().st_size
+        with contextlib.suppress(psutil.Error):
+            pids = [process.pid, *(child.pid for child in psutil.Process(process.pid).children())]
+            for pid in pids:
+                os.kill(pid, STACK_DUMP_SIGNAL)
+                signalled.append(f"{name}:{pid}")
+    time.sleep(2)  # each writes its own, from C, at once
+    dumps = "".join(f"\n--- stacks written to {name}.log:\n"
+                    + (logs / f"{name}.log").read_bytes()[offset:].decode(errors="replace")
+                    for name, offset in offsets.items())
+    return f"\n=== stacks of {', '.join(signalled)} (SIGUSR2)" + dumps
 
 
 def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_stack, own_redis, tmp_path):
@@ -118,6 +177,8 @@ def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_sta
         output = chaos.communicate()[0] + f"\n(chaos still running after {CHAOS_TIMEOUT} s: killed)"
 
     context = output + "".join(f"\n--- {log.name}:\n{_tail(log)}" for log in sorted(logs.iterdir()))
+    if chaos.returncode != 0:
+        context += _broker_state(env) + _stack_dumps(logs, processes)
     assert chaos.returncode == 0, context
     report = json.loads(report_path.read_text())
     assert [(step["name"], step["status"]) for step in report["steps"]] == [(name, "done") for name in STEPS], context
