@@ -123,7 +123,7 @@ class QuarantinedRowSerializer(serializers.Serializer):
 class QuarantinedRowDetailSerializer(QuarantinedRowSerializer):
     values = serializers.SerializerMethodField()
 
-    @extend_schema_field({"type": "object", "additionalProperties": {"type": ["string", "null"]},
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string", "nullable": True},
                           "description": "All 1,118 variables in codebook order, as the source holds them (null "
                                          "for NULL, the source's own spelling otherwise: `NA` stays `NA`)"})
     def get_values(self, row) -> dict:
