@@ -1,0 +1,59 @@
+"""The Celery broker's transport: kombu's Redis transport, with a read that can no longer wait forever.
+
+A worker's main process listens to remote control (ping, inspect: what Flower and `manage.py chaos` send) on a Redis
+pub/sub connection, in the same event loop that fetches its tasks. When that socket is readable, kombu reads one
+message with `PubSub.parse_response()`, which in redis-py 8 blocks *with no timeout at all* (it turns the socket's
+timeout off for that read, on purpose, so that `listen()` can wait for messages), and first reopens the connection
+if it is closed. After a Redis restart kombu can find that socket readable while the connection is already closed and
+nothing is subscribed (kombu subscribes again at its next poll, which this read holds up): the read reopens the
+connection and waits there, for a message that cannot come, fetching no task. The chaos test caught it (CI, and
+1 Redis restart in 17 in a loop): the ingest worker alive, its log silent, its main thread in
+`SocketBuffer._read_from_socket` under `Channel._receive_one` (py-spy), no source synced for ten minutes.
+
+Here a pub/sub read does not wait on a closed connection (it closes it properly, so that kombu's next poll opens,
+registers and subscribes it again), and otherwise waits at most the broker's `socket_timeout`
+(REDIS_SOCKET_TIMEOUT_SECONDS) and returns nothing when nothing came; the loop carries on either way. A connection
+that is open but dead is found by kombu's pub/sub health check (every `health_check_interval`, 25 s).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from kombu.transport import redis as kombu_redis
+from redis.client import PubSub
+
+# When the broker's transport options set no socket timeout.
+DEFAULT_PUBSUB_READ_TIMEOUT_SECONDS = 5.0
+
+
+class BoundedPubSub(PubSub):
+    """A PubSub whose blocking read gives up after `read_timeout` seconds with None (no message), as a non-blocking
+    read with that timeout does, and gives None at once when its connection is closed."""
+
+    def __init__(self, *args, read_timeout: float = DEFAULT_PUBSUB_READ_TIMEOUT_SECONDS, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+
+    def parse_response(self, block: bool = True, timeout: float = 0):
+        if not block:
+            return super().parse_response(block=False, timeout=timeout)
+        connection = self.connection
+        sock = getattr(connection, "_sock", None)
+        if connection is not None and (sock is None or sock.fileno() == -1):
+            connection.disconnect()  # kombu unregisters it; its next poll reconnects and subscribes
+            return None
+        return super().parse_response(block=False, timeout=self.read_timeout)
+
+
+class Channel(kombu_redis.Channel):
+    @cached_property
+    def subclient(self) -> BoundedPubSub:
+        """The pub/sub connection that consumes fanout queues (remote control), as kombu's, with bounded reads."""
+        client = self._create_client(asynchronous=True)
+        return BoundedPubSub(client.connection_pool,
+                             read_timeout=self.socket_timeout or DEFAULT_PUBSUB_READ_TIMEOUT_SECONDS)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
