@@ -114,7 +114,7 @@ def source_status_list_fast(request):
 
 class QuarantinedRowSerializer(serializers.Serializer):
     source_row_id = serializers.IntegerField(help_text="The row's `id` in the source table")
-    cntstuid = serializers.CharField(allow_blank=True, help_text="The CNTSTUID the row gave, as it gave it")
+    cntstuid = serializers.CharField(allow_blank=True, help_text="The row's CNTSTUID as read, empty when it is missing or not a number")
     reasons = serializers.ListField(child=serializers.CharField(), help_text="Every reason it could not load")
     first_seen_at = serializers.DateTimeField()
     last_seen_at = serializers.DateTimeField(help_text="The last sync that read it (and quarantined it again)")

@@ -10,9 +10,11 @@ from celery import Celery
 from celery.signals import (after_setup_logger, after_setup_task_logger, beat_init, task_postrun, task_prerun,
                             worker_init, worker_process_init)
 
+from pisa_site.broker import use_bounded_transport
 from pisa_site.logs import handlers_hide_passwords
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pisa_site.settings")
+use_bounded_transport()  # before any broker connection: redis:// is kombu's transport with bounded pub/sub reads
 
 app = Celery("pisa_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -268,10 +268,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "retry_on_timeout": True,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# kombu's Redis transport, with pub/sub reads that cannot wait forever: redis-py 8 turns the socket timeout above off
-# for them, and a worker stopped fetching tasks for good after a Redis restart (pisa_site/broker.py says how).
-if urlsplit(CELERY_BROKER_URL).scheme == "redis":  # (rediss:// keeps kombu's own, which sets up its TLS)
-    CELERY_BROKER_TRANSPORT = "pisa_site.broker:Transport"
+# redis:// is kombu's Redis transport with pub/sub reads that cannot wait forever (pisa_site/broker.py, installed by
+# pisa_site/celery.py): redis-py 8 turns the socket timeout above off for them, and a worker stopped fetching tasks
+# for good after a Redis restart.
 # Celery's consumer, minus a crash on reconnecting after a Redis restart with tasks in flight (see the module).
 CELERY_WORKER_CONSUMER = "pisa_site.worker_consumer:Consumer"
 # Keep a worker's warehouse connection from one task to the next. Celery's Django fixup otherwise closes it before and

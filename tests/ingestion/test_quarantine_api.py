@@ -114,18 +114,19 @@ def test_anonymous_callers_get_a_401_that_says_how_to_log_in(arg_with_bad_rows, 
 
 
 @pytest.mark.parametrize("who", ["staff without the permission", "codebook editor", "not staff, with the permission",
-                                 "wrong password"])
+                                 "wrong password", "inactive, with the permission"])
 def test_everyone_else_is_refused(arg_with_bad_rows, django_user_model, who):
     user = django_user_model.objects.create_user(username="someone", password=PASSWORD,
-                                                 is_staff=who != "not staff, with the permission")
+                                                 is_staff=who != "not staff, with the permission",
+                                                 is_active=not who.startswith("inactive"))
     if who == "codebook editor":
         user.groups.add(codebook_editors_group())
-    if who == "not staff, with the permission":
+    if who.endswith("with the permission"):
         user.user_permissions.add(Permission.objects.get(codename="view_quarantinedrow"))
 
     response = Client().get(list_url("ARG"), **basic_auth("someone", "not-it" if who == "wrong password" else PASSWORD))
 
-    assert response.status_code == (401 if who == "wrong password" else 403)
+    assert response.status_code == (401 if who in ("wrong password", "inactive, with the permission") else 403)
     assert "error" in response.json() and "results" not in response.json()
 
 

@@ -120,9 +120,13 @@ def _broker_state(env) -> str:
     except redis.RedisError as exc:
         lines.append(f"broker unreachable: {exc}")
     for what in ("stats", "active", "reserved"):
-        answer = subprocess.run([sys.executable, "-m", "celery", "-A", "pisa_site", "inspect", what, "--timeout", "3",
-                                 "--json"], cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True,
-                                timeout=60)
+        try:
+            answer = subprocess.run([sys.executable, "-m", "celery", "-A", "pisa_site", "inspect", what, "--timeout",
+                                     "3", "--json"], cwd=ROOT, env=subprocess_env(**env), capture_output=True,
+                                    text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            lines.append(f"inspect {what}: no answer within 60 s (the broker itself does not answer)")
+            continue
         try:
             replies = json.loads(answer.stdout)
         except ValueError:  # nobody answered: the command says so in words
@@ -148,9 +152,11 @@ def _stack_dumps(logs, processes) -> str:
         if process.poll() is not None:
             continue
         offsets[name] = log.stat().st_size
+        pids = [process.pid]
         with contextlib.suppress(psutil.Error):
-            pids = [process.pid, *(child.pid for child in psutil.Process(process.pid).children())]
-            for pid in pids:
+            pids += [child.pid for child in psutil.Process(process.pid).children()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a pool process replaced meanwhile
                 os.kill(pid, STACK_DUMP_SIGNAL)
                 signalled.append(f"{name}:{pid}")
     time.sleep(2)  # each writes its own, from C, at once
@@ -178,7 +184,11 @@ def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_sta
 
     context = output + "".join(f"\n--- {log.name}:\n{_tail(log)}" for log in sorted(logs.iterdir()))
     if chaos.returncode != 0:
-        context += _broker_state(env) + _stack_dumps(logs, processes)
+        for diagnose in (lambda: _broker_state(env), lambda: _stack_dumps(logs, processes)):
+            try:
+                context += diagnose()
+            except Exception as exc:  # noqa: BLE001 - a diagnostic that fails must not hide the failure it explains
+                context += f"\n(a diagnostic failed: {type(exc).__name__}: {exc})"
     assert chaos.returncode == 0, context
     report = json.loads(report_path.read_text())
     assert [(step["name"], step["status"]) for step in report["steps"]] == [(name, "done") for name in STEPS], context
