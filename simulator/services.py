@@ -144,7 +144,12 @@ def responses_insert(*, engine: Engine, table: Table, rows: list[dict], created_
                 ids = _copy_rows(cursor, table, rows, created_at, engine.dialect)
             connection.commit()
         except BaseException:
-            connection.rollback()
+            try:
+                connection.rollback()
+            except engine.dialect.loaded_dbapi.Error:
+                # The server ended the session (an outage began mid-COPY): drop the connection rather than hand it
+                # back to the pool, whose reset would fail on it too (and log that as an error with a traceback).
+                connection.invalidate()
             raise
         finally:
             connection.close()

@@ -180,3 +180,48 @@ def test_an_outage_makes_a_source_unreadable_for_everyone_until_it_ends(
     assert responses_count(engine=up.engine, table=up.table) == 4
     rows = stored_rows(up)
     assert all(isinstance(row["cntryid"], str) for row in rows)  # written in the source's own (text) style
+
+
+def test_a_session_ended_in_the_middle_of_an_insert_fails_it_alone_and_quietly(provision, make_factory, caplog):
+    """An outage that begins while the simulator inserts (the chaos scenario's source-outage step can land there):
+    the insert fails with the server's own error, the dead connection is dropped rather than pooled (no error logged
+    by the pool) and the next insert works."""
+    import threading
+
+    import psycopg2
+    from sqlalchemy import text
+
+    factory = make_factory()
+    handle = provision(rows=0)
+    students = factory.students("ALB", 3)
+    locker = handle.engine.connect()
+    locker.execute(text(f'LOCK TABLE "{handle.table.name}" IN ACCESS EXCLUSIVE MODE'))  # the insert waits on it
+    failures = []
+
+    def insert():
+        try:
+            responses_insert(engine=handle.engine, table=handle.table, rows=students)
+        except Exception as exc:  # noqa: BLE001 - what the insert raised is the point
+            failures.append(exc)
+
+    inserter = threading.Thread(target=insert)
+    inserter.start()
+    waiting = None
+    watcher = handle.engine.connect().execution_options(isolation_level="AUTOCOMMIT")  # a fresh view each query
+    for _ in range(100):
+        waiting = watcher.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND wait_event_type = 'Lock'")).scalar()
+        if waiting:
+            break
+        threading.Event().wait(0.1)
+    assert waiting, "the insert never waited on the table"
+    watcher.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": waiting})
+    watcher.close()
+    locker.rollback()
+    locker.close()
+    inserter.join(timeout=30)
+
+    assert len(failures) == 1 and isinstance(failures[0], psycopg2.OperationalError)
+    assert not [record for record in caplog.records if record.name.startswith("sqlalchemy.pool")]
+    assert len(responses_insert(engine=handle.engine, table=handle.table, rows=students)) == 3
