@@ -21,7 +21,7 @@ from codebook.catalogue import Kind, Section
 from codebook.decoding import missing_reason_of
 from codebook.models import ValueLabel, Variable
 from codebook.selectors import labels_version, variable_get, variable_list
-from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer,
+from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, error,
                            query_problem)
 
 
@@ -85,10 +85,6 @@ def labels_etag(request: Request) -> str:
     """Changes with the labels version and with the request (path and query)."""
     digest = hashlib.sha1(request.get_full_path().encode()).hexdigest()[:16]
     return f'"codebook-{labels_version()}-{digest}"'
-
-
-def error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> Response:
-    return Response({"error": message}, status=status_code)
 
 
 def field_errors(errors: dict) -> str:

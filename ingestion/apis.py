@@ -28,7 +28,7 @@ from ingestion.selectors import (QuarantinedRowNotFoundError, quarantined_row_ge
                                  source_statuses)
 from ingestion.services import SourceNotFoundError
 from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
-                           StaffApi, bad_request, cached_json, fast_path, method_not_allowed, query_problem)
+                           StaffApi, bad_request, cached_json, error, fast_path, method_not_allowed, query_problem)
 
 
 class SourceStatusSerializer(serializers.Serializer):
@@ -151,15 +151,11 @@ QUARANTINE_ERRORS = {
 }
 
 
-def _error(message: str, status_code: int) -> Response:
-    return Response({"error": message}, status=status_code)
-
-
 def _source_or_404(code: str):
     try:
         return source_get(code=code), None
     except SourceNotFoundError:
-        return None, _error(f"no source with code {code[:60]!r}", status.HTTP_404_NOT_FOUND)
+        return None, error(f"no source with code {code[:60]!r}", status.HTTP_404_NOT_FOUND)
 
 
 class QuarantinedRowListApi(StaffApi):
@@ -185,10 +181,10 @@ class QuarantinedRowListApi(StaffApi):
     )
     def get(self, request: Request, code: str) -> Response:
         if problem := query_problem(request.query_params, self.PARAMETERS):
-            return _error(problem, status.HTTP_400_BAD_REQUEST)
+            return error(problem, status.HTTP_400_BAD_REQUEST)
         filters = self.FilterSerializer(data=request.query_params)
         if not filters.is_valid():
-            return _error("page: " + " ".join(str(m) for m in filters.errors["page"]), status.HTTP_400_BAD_REQUEST)
+            return error("page: " + " ".join(str(m) for m in filters.errors["page"]), status.HTTP_400_BAD_REQUEST)
         source, missing = _source_or_404(code)
         if missing:
             return missing
@@ -196,7 +192,7 @@ class QuarantinedRowListApi(StaffApi):
         try:
             page = paginator.paginate_queryset(quarantined_row_list(source=source), request, view=self)
         except NotFound:
-            return _error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
+            return error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
         return paginator.get_paginated_response(QuarantinedRowSerializer(page, many=True).data)
 
 
@@ -218,16 +214,16 @@ class QuarantinedRowDetailApi(StaffApi):
     )
     def get(self, request: Request, code: str, source_row_id: str) -> Response:
         if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
-            return _error(problem, status.HTTP_400_BAD_REQUEST)
+            return error(problem, status.HTTP_400_BAD_REQUEST)
         source, missing = _source_or_404(code)
         if missing:
             return missing
         # Not a number, or beyond bigint (PostgreSQL would refuse to compare with it): no such row.
         if not (source_row_id.isascii() and source_row_id.isdigit()) or int(source_row_id) > BIGINT_MAX:
-            return _error(f"row {source_row_id[:60]!r} of {source.code} is not in quarantine: ids are whole numbers",
+            return error(f"row {source_row_id[:60]!r} of {source.code} is not in quarantine: ids are whole numbers",
                           status.HTTP_404_NOT_FOUND)
         try:
             row = quarantined_row_get(source=source, source_row_id=int(source_row_id))
         except QuarantinedRowNotFoundError as exc:
-            return _error(str(exc), status.HTTP_404_NOT_FOUND)
+            return error(str(exc), status.HTTP_404_NOT_FOUND)
         return Response(QuarantinedRowDetailSerializer(row).data)

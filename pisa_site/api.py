@@ -11,9 +11,10 @@ from collections.abc import Collection
 from django.http import HttpResponse, HttpResponseNotModified, JsonResponse, QueryDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 MAX_NAMES_SHOWN = 5
@@ -107,6 +108,11 @@ def fast_path(api_class: type[APIView]):
         return function
 
     return decorate
+
+
+def error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> Response:
+    """The API's error shape, from a DRF view (`bad_request` is the same from a plain Django view)."""
+    return Response({"error": message}, status=status_code)
 
 
 def bad_request(message: str) -> JsonResponse:
