@@ -3,13 +3,25 @@ formats, codes, missing values) belongs to the imported file. Every edit goes th
 and make it visible in the API and dashboard within seconds."""
 
 from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 
 from codebook.models import LabelEdit, ValueLabel, Variable
 from codebook.services import value_label_edit, variable_label_edit
 
 
+class ValueLabelFormSet(BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        # A form beyond the codebook's own codes (posted by hand: the page offers no "add another").
+        if any("label" in form.changed_data for form in self.extra_forms):
+            raise ValidationError("A value label cannot be added here: codes come from the codebook file "
+                                  "(`manage.py load_codebook`). Edit the labels of the codes listed.")
+
+
 class ValueLabelInline(admin.TabularInline):
     model = ValueLabel
+    formset = ValueLabelFormSet
     fields = ["value", "label", "is_missing", "label_edited", "imported_label"]
     readonly_fields = ["value", "is_missing", "label_edited", "imported_label"]
     extra = 0
@@ -43,7 +55,7 @@ class VariableAdmin(admin.ModelAdmin):
 
     def save_formset(self, request, form, formset, change):
         changed = []
-        for inline_form in formset.forms:
+        for inline_form in formset.initial_forms:
             if "label" in inline_form.changed_data:
                 edit = value_label_edit(value_label=inline_form.instance, label=inline_form.cleaned_data["label"],
                                         user=request.user)

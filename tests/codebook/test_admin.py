@@ -136,3 +136,25 @@ def test_staff_outside_the_editors_group_cannot_edit_labels(small_codebook, clie
     assert client.post(change_url(gender), change_form(gender, label="Gender")).status_code == 403
     gender.refresh_from_db()
     assert gender.label == "Student (Standardized) Gender"
+
+
+@pytest.mark.parametrize("extra_label", ["Non-binary", ""])
+def test_an_extra_value_label_form_is_a_form_error_not_a_crash(small_codebook, editor_client, extra_label):
+    # The page offers no "add another" (codes come from the codebook file), but a form can still be posted with one.
+    gender = Variable.objects.get(name="ST004D01T")
+    data = change_form(gender, value_labels={"1": "Fille"})
+    extra = int(data["value_labels-TOTAL_FORMS"])
+    data.update({"value_labels-TOTAL_FORMS": str(extra + 1), f"value_labels-{extra}-variable": str(gender.pk),
+                 f"value_labels-{extra}-label": extra_label})
+    count = ValueLabel.objects.filter(variable=gender).count()
+
+    response = editor_client.post(change_url(gender), data)
+
+    if extra_label:
+        assert response.status_code == 200  # the form again, with its error
+        assert "cannot be added here" in response.content.decode()
+        assert ValueLabel.objects.get(variable=gender, value="1").label == "Female"  # nothing saved
+    else:
+        assert response.status_code == 302  # an empty extra form is no change: the edit is saved
+        assert ValueLabel.objects.get(variable=gender, value="1").label == "Fille"
+    assert ValueLabel.objects.filter(variable=gender).count() == count
