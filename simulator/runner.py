@@ -112,12 +112,16 @@ class Simulation:
         seed: int,
         say: Callable[[str], None],
         bursts: bool = True,
+        fixed_rate: float | None = None,
     ) -> None:
+        """`fixed_rate`: feed at this rate whatever the shared control says (a one-off replay); None: follow the
+        control (`manage.py simulator rate/pause`), which belongs to the process feeding the sources."""
         self.handles = handles
         self.provision = provision
         self.text_style = text_style
         self.supply = supply
         self.pace = Pace(seed, bursts=bursts)
+        self.fixed_rate = fixed_rate
         self.say = say
         self.inserted = 0
         self.unavailable: set[str] = set()
@@ -190,6 +194,8 @@ class Simulation:
 
     def _control(self, rate: float | None, paused: bool) -> tuple[float, bool]:
         """The rate and pause the operator set; on a database hiccup, keep going as before."""
+        if self.fixed_rate is not None:
+            return self.fixed_rate, False
         try:
             control = simulator_control_get()
         except OperationalError:

@@ -114,8 +114,11 @@ def test_replaying_the_shared_csv_splits_it_into_france_italy_and_mexico(
         for record in csv.DictReader(handle):
             expected.setdefault(record["CNT"], []).append(int(record["CNTSTUID"]))
 
+    simulator_control_set(rows_per_second=2, paused=False)  # the feeding simulator's rate
     call_command("simulate", "--from", str(sample_path), "--url-template", pg_url_template, "--rate", "100000")
 
+    control = SimulatorControl.objects.get()
+    assert (control.rows_per_second, control.paused) == (2, False)  # a one-off replay leaves it alone
     replayed = {source.code: [row["cntstuid"] for row in source_rows(source)] for source in Source.objects.all()}
     assert {code: len(ids) for code, ids in replayed.items()} == {"FRA": 311, "ITA": 593, "MEX": 365}
     assert replayed == expected

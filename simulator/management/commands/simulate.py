@@ -119,9 +119,14 @@ class Command(BaseCommand):
                 serials_resume(handle=handles[code], country_id=known[code][0])
             supply = SyntheticSupply(factory=factory, shares=shares_for(countries, seed=options["seed"]),
                                      seed=options["seed"])
-        simulator_control_set(rows_per_second=options["rate"], paused=False)
+        # The shared control (`manage.py simulator rate/pause`) belongs to the process that feeds the sources; a
+        # one-off replay runs at its own --rate and leaves the feeding process's rate alone.
+        fixed_rate = options["rate"] if options["replay"] else None
+        if fixed_rate is None:
+            simulator_control_set(rows_per_second=options["rate"], paused=False)
         simulation = Simulation(handles=handles, provision=provision, text_style=text_style, supply=supply,
-                                seed=options["seed"], say=self.stdout.write, bursts=not options["steady"])
+                                seed=options["seed"], say=self.stdout.write, bursts=not options["steady"],
+                                fixed_rate=fixed_rate)
         try:
             if not options["replay"]:
                 seeded = simulation.seed_rows(options["seed_rows"])
