@@ -92,6 +92,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that it sees the views' exceptions first: Redis or the database down is a JSON 503 under /api/.
+    "pisa_site.outages.ServiceOutageMiddleware",
 ]
 
 ROOT_URLCONF = "pisa_site.urls"
@@ -287,6 +289,8 @@ CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_DEFAULT_QUEUE = "ingestion"
 CELERY_TASK_ROUTES = {
     "ingestion.*": {"queue": "ingestion"},
+    # Heavy on-demand reads (a variable's distribution): their own queue and worker, so refreshes never wait.
+    "metrics.distribution_*": {"queue": "analysis"},
     "metrics.*": {"queue": "metrics"},
 }
 INGEST_FAN_OUT_SECONDS = float(os.environ.get("INGEST_FAN_OUT_SECONDS", "1"))
