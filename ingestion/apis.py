@@ -46,6 +46,10 @@ class SourceStatusSerializer(serializers.Serializer):
     last_batch_size = serializers.IntegerField()
     last_batch_seconds = serializers.FloatField()
     rows_per_second = serializers.FloatField(allow_null=True)
+    figures_error = serializers.CharField(
+        allow_blank=True, help_text="Why this country's figures could not be refreshed: they are served as they last "
+                                    "were, marked stale, until a refresh succeeds (retried). Empty when fresh.")
+    figures_stale_since = serializers.DateTimeField(allow_null=True)
     last_error = serializers.CharField(allow_blank=True)
     last_error_at = serializers.DateTimeField(allow_null=True)
     consecutive_failures = serializers.IntegerField()

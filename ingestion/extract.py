@@ -120,16 +120,56 @@ def escape_copy_text(value) -> str:
     return text
 
 
+# A set of ids is fingerprinted by its size and three power sums: (count, sum of ids, sums of squares and cubes
+# modulo a prime). Unlike a count, it cannot be fooled by inserts and deletes that cancel out: two sets of ids (below
+# the prime) with equal power sums that differ by up to three swapped ids cannot exist (Newton's identities), and
+# larger swaps that collide are a vanishing chance. Exact integer arithmetic in every SQL dialect: each term is below
+# FINGERPRINT_PRIME ** 2 < 2 ** 63.
+FINGERPRINT_PRIME = 1_000_000_007
+
+
+@dataclass(frozen=True)
+class IdsFingerprint:
+    count: int
+    id_sum: int
+    square_sum: int
+    cube_sum: int
+
+    @classmethod
+    def of(cls, ids) -> IdsFingerprint:
+        ids = [int(i) for i in ids]
+        reduced = [i % FINGERPRINT_PRIME for i in ids]
+        squares = [r * r % FINGERPRINT_PRIME for r in reduced]
+        return cls(len(ids), sum(ids), sum(squares),
+                   sum(q * r % FINGERPRINT_PRIME for q, r in zip(squares, reduced)))
+
+    def __add__(self, other: IdsFingerprint) -> IdsFingerprint:
+        return IdsFingerprint(self.count + other.count, self.id_sum + other.id_sum,
+                              self.square_sum + other.square_sum, self.cube_sum + other.cube_sum)
+
+
+def fingerprint_columns(id_column) -> list:
+    """count, sum of ids, sums of squared and cubed ids (mod FINGERPRINT_PRIME), as SQL aggregates of `id_column`."""
+    reduced = id_column % FINGERPRINT_PRIME
+    square = reduced * reduced % FINGERPRINT_PRIME
+    return [sa.func.count(id_column), sa.func.coalesce(sa.func.sum(id_column), 0),
+            sa.func.coalesce(sa.func.sum(square), 0),
+            sa.func.coalesce(sa.func.sum(square * reduced % FINGERPRINT_PRIME), 0)]
+
+
 @dataclass(frozen=True)
 class SourceSnapshot:
     row_count: int
     max_id: int | None
-    # PostgreSQL's cumulative count of rows updated in the table (pg_stat_user_tables.n_tup_upd), None elsewhere:
-    # when it moves, some row changed in place and the content must be compared (see pipeline.py, "Updates").
+    # PostgreSQL's cumulative count of rows updated or deleted in the table (pg_stat_user_tables: n_tup_upd +
+    # n_tup_del), None elsewhere: when it moves, some row may have changed in place (an update, or a delete and a
+    # re-insert under the same id) and the content must be compared (see pipeline.py, "Updates").
     updates: int | None = None
+    ids: IdsFingerprint | None = None
 
     def same_rows_as(self, other: SourceSnapshot | None) -> bool:
-        return other is not None and (self.row_count, self.max_id) == (other.row_count, other.max_id)
+        return other is not None and (self.row_count, self.max_id, self.ids) == (other.row_count, other.max_id,
+                                                                                 other.ids)
 
 
 class SourceReader:
@@ -217,9 +257,10 @@ class SourceReader:
         committed too late for the look-back window, never a race with new inserts."""
         table = self._cursor_table
         id_column, created_column = table.c[self.id_column.name], table.c[self.created_column.name]
-        counts = [sa.func.count(), sa.func.max(id_column)]
+        counts = [*fingerprint_columns(id_column), sa.func.max(id_column)]
         if self.is_postgres:
-            counts.append(sa.select(sa.column("n_tup_upd")).select_from(sa.table("pg_stat_user_tables"))
+            counts.append(sa.select(sa.column("n_tup_upd") + sa.column("n_tup_del"))
+                          .select_from(sa.table("pg_stat_user_tables"))
                           .where(sa.column("relid") == sa.func.to_regclass(self._qualified_name))
                           .scalar_subquery())
         try:
@@ -228,8 +269,9 @@ class SourceReader:
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     row = conn.execute(sa.select(*counts).select_from(table)).one()
-                    snapshot = SourceSnapshot(row_count=row[0], max_id=row[1],
-                                              updates=row[2] if self.is_postgres else None)
+                    snapshot = SourceSnapshot(
+                        row_count=row[0], max_id=row[4], updates=row[5] if self.is_postgres else None,
+                        ids=IdsFingerprint(*(int(value) for value in row[:4])))
                     if snapshot.same_rows_as(unless):
                         return snapshot, None
                     if snapshot.max_id is None:
@@ -264,6 +306,29 @@ class SourceReader:
         try:
             with self.engine.connect() as conn:
                 return list(conn.execute(query).scalars())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+
+    def range_fingerprints(self, *, range_size: int, up_to_id: int) -> dict[int, IdsFingerprint]:
+        """The fingerprint of the ids of each range [k * range_size, (k + 1) * range_size) up to `up_to_id`, by k."""
+        table = self._cursor_table
+        id_column = table.c[self.id_column.name]
+        bucket = (id_column // range_size).label("bucket")
+        query = (sa.select(bucket, *fingerprint_columns(id_column)).where(id_column <= up_to_id)
+                 .group_by(bucket))
+        try:
+            with self.engine.connect() as conn:
+                return {int(row[0]): IdsFingerprint(*(int(value) for value in row[1:]))
+                        for row in conn.execute(query)}
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+
+    def ids_between(self, low: int, high: int) -> list[int]:
+        table = self._cursor_table
+        id_column = table.c[self.id_column.name]
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(sa.select(id_column).where(id_column.between(low, high))).scalars())
         except sa.exc.SQLAlchemyError as exc:
             raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 

@@ -68,6 +68,14 @@ class SourceState(models.Model):
     newest_created_at = models.DateTimeField(null=True, blank=True, help_text="Newest loaded created_at.")
     source_max_id = models.BigIntegerField(null=True, blank=True)
     source_row_count = models.BigIntegerField(null=True, blank=True)
+    # The rest of the fingerprint of the source's ids (extract.IdsFingerprint) when the warehouse was last found to
+    # account for exactly those ids; None when it was not checked.
+    source_ids_sum = models.BigIntegerField(null=True, blank=True)
+    source_ids_square_sum = models.BigIntegerField(null=True, blank=True)
+    source_ids_cube_sum = models.BigIntegerField(null=True, blank=True)
+    reloading = models.BooleanField(
+        default=False, help_text="Every row is being compared again (the source went backwards, or a full sync): the "
+                                 "metrics keep publishing the country as it was until this is over, then all at once.")
     backlog_pending = models.BooleanField(
         default=False, help_text="The last sync's time budget ran out with rows still to load: the next one goes on.")
     last_success_at = models.DateTimeField(null=True, blank=True)
@@ -77,6 +85,13 @@ class SourceState(models.Model):
     source_update_count = models.BigIntegerField(
         null=True, blank=True,
         help_text="The source table's count of updated rows (PostgreSQL statistics) when last compared in full.")
+    rules_version = models.CharField(
+        max_length=32, blank=True,
+        help_text="The plausibility rules (ingestion/plausibility.py) the stored rows were last checked under.")
+    # Set by the metrics when this country's figures could not be refreshed: they are served as they last were, marked
+    # stale with this reason, until a refresh succeeds (ingestion.services.country_figures_status_set).
+    figures_error = models.TextField(blank=True)
+    figures_stale_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     consecutive_failures = models.IntegerField(default=0)

@@ -35,10 +35,12 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from ingestion.extract import SourceReader, SourceSnapshot, SourceUnavailable, forget_table
+from ingestion.extract import (FINGERPRINT_PRIME, IdsFingerprint, SourceReader, SourceSnapshot, SourceUnavailable,
+                               forget_table)
 from ingestion.layout import pisa_variables
 from ingestion.load import LoadResult, batch_load, commits_without_waiting_for_disk, students_remove
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
+from ingestion.plausibility import RULES_VERSION
 from ingestion.transform import line_digest, transform
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ RECONCILE_SECONDS = getattr(settings, "INGEST_RECONCILE_SECONDS", 60)
 RECONCILE_MAX_SECONDS = getattr(settings, "INGEST_RECONCILE_MAX_SECONDS", 3600)
 # Rows per id range when re-reading a source to find updated rows.
 RECONCILE_RANGE = 5000
+# Ids per range when the ids of source and warehouse are compared range by range (a 100,000-row source has ~25).
+DIFF_RANGE = 4096
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 
@@ -87,14 +92,6 @@ _ACCOUNTED_IDS_SQL = f"""
     SELECT source_row_id FROM {Student._meta.db_table} WHERE source_id = %(source)s {{since}}
     UNION ALL SELECT source_row_id FROM {QuarantinedRow._meta.db_table} WHERE source_id = %(source)s
     UNION ALL SELECT superseded_row_id FROM {DuplicateStudent._meta.db_table} WHERE source_id = %(source)s"""
-_ACCOUNTED_COUNT_SQL = f"""
-    SELECT (SELECT count(*) FROM {Student._meta.db_table} WHERE source_id = %(source)s AND source_row_id <= %(up_to)s)
-         + (SELECT count(*) FROM {QuarantinedRow._meta.db_table}
-            WHERE source_id = %(source)s AND source_row_id <= %(up_to)s)
-         + (SELECT count(*) FROM {DuplicateStudent._meta.db_table}
-            WHERE source_id = %(source)s AND superseded_row_id <= %(up_to)s)"""
-
-
 def _accounted_ids(source: Source, *, since: dt.datetime | None = None) -> set[int]:
     """Source row ids the warehouse already accounts for: loaded, quarantined, or superseded by a duplicate.
     One round trip; with `since`, only the students created from then on (quarantine and duplicates are few)."""
@@ -102,13 +99,6 @@ def _accounted_ids(source: Source, *, since: dt.datetime | None = None) -> set[i
     with connection.cursor() as cursor:
         cursor.execute(sql, {"source": source.pk, "since": since})
         return {row[0] for row in cursor.fetchall()}
-
-
-def _accounted_count(source: Source, up_to_id: int) -> int:
-    """How many source row ids up to `up_to_id` the warehouse accounts for (counted in SQL, in one round trip)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_ACCOUNTED_COUNT_SQL, {"source": source.pk, "up_to": up_to_id})
-        return cursor.fetchone()[0]
 
 
 def _load_lines(source: Source, state: SourceState, lines: list[bytes], result: SyncResult) -> None:
@@ -179,18 +169,58 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
                 return
 
 
-def source_forget(*, source: Source) -> int:
-    """Remove everything loaded from a source (it was emptied or replaced), logging -1 changes for the metrics."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=None)
-        QuarantinedRow.objects.filter(source=source).delete()
-        DuplicateStudent.objects.filter(source=source).delete()
-        SourceState.objects.filter(source=source).update(bookmark_created_at=None, bookmark_id=None,
-                                                         newest_created_at=None, source_max_id=None)
-        if removed:
-            _refresh_metrics_after_commit(source.code)
-    return removed
+_STORED_LINES_SQL = f"""
+    SELECT source_row_id, source_created_at, raw FROM {Student._meta.db_table}
+    WHERE source_id = %s AND source_row_id > %s ORDER BY source_row_id LIMIT %s"""
+
+
+def _stored_lines(source: Source, after_row_id: int) -> list[bytes]:
+    """Up to BATCH_ROWS students of a source as the source lines they were loaded from (from the warehouse's copy)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_LINES_SQL, [source.pk, after_row_id, BATCH_ROWS])
+        rows = cursor.fetchall()
+    return [f"{row_id}\t{created.isoformat()}\t".encode() + (raw.encode() if isinstance(raw, str) else bytes(raw))
+            for row_id, created, raw in rows]
+
+
+def source_students_recheck(*, source: Source, progress: Progress | None = None) -> SyncResult:
+    """Check every stored student of a source against today's rules (from the warehouse's own copy of its line, no
+    source needed): one that breaks a rule moves to the quarantine with its reasons, and leaves the figures."""
+    state, _ = SourceState.objects.get_or_create(source=source)
+    result = SyncResult(source=source.code)
+    after = 0
+    while lines := _stored_lines(source, after):
+        after = int(lines[-1].split(b"\t", 1)[0])
+        verdict = transform(lines, pisa_variables(), country=source.code)
+        broken = {row_id for row_id, *_ in verdict.quarantined}
+        if broken:
+            _load_lines(source, state, [line for line in lines if int(line.split(b"\t", 1)[0]) in broken], result)
+        if progress:
+            progress(len(lines))
+    if result.quarantined:
+        logger.warning("source %s: %s stored student(s) break today's rules and were quarantined", source.code,
+                       result.quarantined)
+        state.rows_loaded = Student.objects.filter(source=source).count()
+        state.quarantined_count = QuarantinedRow.objects.filter(source=source).count()
+        state.save(update_fields=["rows_loaded", "quarantined_count"])
+    return result
+
+
+def _source_rows_recheck(reader: SourceReader, source: Source, state: SourceState, result: SyncResult,
+                         progress: Progress | None) -> None:
+    """Under rules other than the ones the stored rows were checked with: quarantined rows are read again from the
+    source (a row the new rules accept loads; one still refused is not counted again), then stored students are
+    checked again."""
+    reread = SyncResult(source=source.code)
+    quarantined = sorted(QuarantinedRow.objects.filter(source=source).values_list("source_row_id", flat=True))
+    for chunk in _in_batches(quarantined):
+        _load_lines(source, state, reader.lines_for_ids(chunk), reread)
+    checked = source_students_recheck(source=source, progress=progress)
+    result.loaded += reread.loaded
+    result.quarantined += checked.quarantined
+    result.removed += checked.removed + reread.removed
+    result.changed_countries |= checked.changed_countries | reread.changed_countries
+    state.rules_version = RULES_VERSION
 
 
 def source_sync(*, source_id: int, full: bool = False, progress: Progress | None = None,
@@ -221,53 +251,66 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
     source = Source.objects.get(pk=source_id)
     state, _ = SourceState.objects.get_or_create(source=source)
     result = SyncResult(source=source.code)
+    reloaded = False
     try:
         reader = SourceReader(source, pisa_variables())
         first_load = state.bookmark_created_at is None
+        if state.rules_version != RULES_VERSION:
+            _source_rows_recheck(reader, source, state, result, progress)
         window_start = None if first_load else state.bookmark_created_at - LOOKBACK
         previous = (None if state.source_row_count is None or state.backlog_pending
-                    else SourceSnapshot(row_count=state.source_row_count, max_id=state.source_max_id))
-        # Fast path: same row count and max id as last time means nothing was added or deleted, so the idle poll
-        # that runs every second for every source costs one cheap query on the source.
+                    else SourceSnapshot(row_count=state.source_row_count, max_id=state.source_max_id,
+                                        ids=_stored_fingerprint(state)))
+        # Fast path: the same fingerprint of ids (count, max id, power sums) as last time means nothing was added or
+        # deleted, so the idle poll that runs every second for every source costs one cheap query on the source.
         snapshot, candidates = reader.poll(window_start, unless=None if (full or first_load) else previous)
+        # Emptied, truncated, recreated, or its newest rows deleted: every id is compared below, and what differs is
+        # repaired in place. The country is never forgotten and reloaded, so readers never see it half-loaded.
         went_backwards = (state.source_max_id is not None
                           and (snapshot.max_id is None or snapshot.max_id < state.source_max_id))
-        if went_backwards or (full and state.bookmark_id is not None):
-            result.removed += source_forget(source=source)
-            result.reset = True
-            state.refresh_from_db()
-            first_load, window_start = True, None
-            snapshot, candidates = reader.poll(None)
-        due = not first_load and _reconcile_due(state, snapshot)
+        result.reset = went_backwards
+        due = not first_load and (full or went_backwards or _reconcile_due(state, snapshot))
+        if (went_backwards or full) and not first_load and not state.reloading:
+            # Atomic for readers: the metrics hold the country's published figures until the repair is over.
+            state.reloading = True
+            state.save(update_fields=["reloading"])
         if due and candidates is None:
             snapshot, candidates = reader.poll(window_start)
 
+        # Nothing added or deleted since a poll that found the warehouse exact: it still is.
+        verified = candidates is None and previous is not None and previous.ids is not None
         if candidates is not None:
             missing = sorted(set(candidates) - _accounted_ids(source, since=window_start))
             if pending:
                 pending(len(missing))
             _load_ids(reader, source, state, missing, result, progress, deadline)
-            # Deleted rows, and rows committed later than the window, show as a different count of ids.
-            if not result.truncated and snapshot.max_id is not None and (
-                    due or snapshot.row_count != _accounted_count(source, snapshot.max_id)):
-                _diff_ids(reader, source, state, snapshot.max_id, _accounted_ids(source), result, progress, deadline)
+            if not result.truncated:
+                _rows_beyond_remove(reader, source, state, snapshot.max_id, result, progress, deadline)
+                verified = _ids_compare(reader, source, state, snapshot, previous, candidates, due, result, progress,
+                                        deadline)
 
         if first_load:
             # Everything up to this snapshot is new: nothing to compare yet, also when the budget cut the load short
             # (an update after the snapshot moves the counter, and the comparison is due again).
             state.last_reconciled_at = timezone.now()
             state.source_update_count = snapshot.updates
-        if (due or full) and snapshot.max_id is not None and not result.truncated:
+        if due and snapshot.max_id is not None and not result.truncated:
             _reconcile_content(reader, source, state, snapshot.max_id, result, progress)
             state.last_reconciled_at = timezone.now()
             state.source_update_count = snapshot.updates
             result.reconciled = True
 
+        # The fingerprint is kept only when the warehouse was found to hold exactly these ids: the next poll's fast
+        # paths compare against it.
+        _store_fingerprint(state, snapshot.ids if verified and not result.truncated else None)
         state.source_max_id = snapshot.max_id
         state.source_row_count = snapshot.row_count
         # The next poll must read the ids again even if the source has not changed meanwhile (its fast path skips a
         # source whose row count and max id are as recorded).
         state.backlog_pending = result.truncated
+        reloaded = state.reloading and not result.truncated
+        if reloaded:
+            state.reloading = False
         state.last_success_at = timezone.now()
         state.last_error = ""
         state.consecutive_failures = 0
@@ -284,6 +327,8 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
             newest = Student.objects.filter(source=source).aggregate(newest=Max("source_created_at"))["newest"]
             state.newest_created_at = newest
         state.save()
+    if reloaded:
+        _refresh_metrics_after_commit(source.code)  # the repair is over: publish it, all at once
     result.seconds = time.perf_counter() - started
     return result
 
@@ -313,29 +358,120 @@ def _record_failure(state: SourceState, message: str) -> None:
                    state.consecutive_failures, message)
 
 
-def _diff_ids(reader, source, state, max_id: int, accounted: set[int], result: SyncResult, progress,
-              deadline: float) -> None:
-    present = set(reader.ids_created_since(None, up_to_id=max_id))
-    vanished = sorted(i for i in accounted if i <= max_id and i not in present)
-    if vanished:
-        # A deleted row that had superseded duplicates of its CNTSTUID: they are the student again, so they are no
-        # longer accounted for and load below (the latest of them wins, as on any load).
-        kept_by_vanished = DuplicateStudent.objects.filter(source=source, kept_row_id__in=vanished)
-        accounted = accounted - set(kept_by_vanished.values_list("superseded_row_id", flat=True))
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=vanished)
-            QuarantinedRow.objects.filter(source=source, source_row_id__in=vanished).delete()
-            DuplicateStudent.objects.filter(source=source, superseded_row_id__in=vanished).delete()
-            kept_by_vanished.delete()
-            if removed:
-                _refresh_metrics_after_commit(source.code)
-        result.removed += removed
+def _stored_fingerprint(state: SourceState) -> IdsFingerprint | None:
+    if state.source_ids_sum is None or state.source_row_count is None:
+        return None
+    return IdsFingerprint(state.source_row_count, state.source_ids_sum, state.source_ids_square_sum,
+                          state.source_ids_cube_sum)
+
+
+def _store_fingerprint(state: SourceState, fingerprint: IdsFingerprint | None) -> None:
+    state.source_ids_sum = fingerprint.id_sum if fingerprint else None
+    state.source_ids_square_sum = fingerprint.square_sum if fingerprint else None
+    state.source_ids_cube_sum = fingerprint.cube_sum if fingerprint else None
+
+
+def _ids_compare(reader, source, state, snapshot: SourceSnapshot, previous: SourceSnapshot | None,
+                 candidates: list[int], due: bool, result: SyncResult, progress, deadline: float) -> bool:
+    """Make the ids the warehouse accounts for equal to the source's up to its max id; True once they are.
+
+    Fast path (every poll that finds new rows): when the source's fingerprint is last poll's plus exactly the ids
+    appended beyond last poll's max id, the warehouse (which matched last poll and has just loaded those) still
+    matches, and is not even asked. Otherwise its fingerprint is compared, and when it differs, range by range
+    (`_ranges_repair`): a late row, a delete, an insert and a delete that cancel in a count, all show."""
+    if snapshot.max_id is None:
+        return True  # emptied: _rows_beyond_remove removed everything
+    if not due and previous is not None and previous.ids is not None and previous.max_id is not None:
+        appended = IdsFingerprint.of(i for i in candidates if i > previous.max_id)
+        if snapshot.ids == previous.ids + appended:
+            return True
+    if not due and snapshot.ids == warehouse_ids_fingerprint(source, snapshot.max_id):
+        return True
+    _ranges_repair(reader, source, state, snapshot.max_id, result, progress, deadline)
+    return not result.truncated
+
+
+def _rows_vanished(source: Source, vanished: list[int], result: SyncResult) -> set[int]:
+    """Remove what the warehouse holds for source rows that are gone. Returns the ids of rows that a vanished row had
+    superseded (duplicates of its CNTSTUID): they are the student again, and must be loaded."""
+    if not vanished:
+        return set()
+    kept_by_vanished = DuplicateStudent.objects.filter(source=source, kept_row_id__in=vanished)
+    superseded = set(kept_by_vanished.values_list("superseded_row_id", flat=True)) - set(vanished)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            removed = students_remove(cursor.cursor, source_id=source.pk, country=source.code, row_ids=vanished)
+        QuarantinedRow.objects.filter(source=source, source_row_id__in=vanished).delete()
+        DuplicateStudent.objects.filter(source=source, superseded_row_id__in=vanished).delete()
+        kept_by_vanished.delete()
         if removed:
-            result.changed_countries.add(source.code)
-    _load_ids(reader, source, state, sorted(present - accounted), result, progress, deadline)
+            _refresh_metrics_after_commit(source.code)
+    result.removed += removed
+    if removed:
+        result.changed_countries.add(source.code)
+    return superseded
 
 
+def _rows_beyond_remove(reader, source: Source, state, max_id: int | None, result: SyncResult, progress,
+                        deadline: float) -> None:
+    """Source rows above the source's max id (every row when it is empty) were deleted: remove what we hold of them
+    (one index range scan, usually finding nothing)."""
+    beyond = _accounted_ids_between(source, BIGINT_MIN if max_id is None else max_id + 1, BIGINT_MAX)
+    superseded = _rows_vanished(source, sorted(beyond), result)
+    _load_ids(reader, source, state, sorted(superseded), result, progress, deadline)
+
+
+def _ranges_repair(reader, source, state, max_id: int, result: SyncResult, progress, deadline: float) -> None:
+    """Compare the ids of source and warehouse range by range (DIFF_RANGE ids each); in the ranges whose fingerprints
+    differ, remove what the source no longer has and load what the warehouse lacks."""
+    theirs = reader.range_fingerprints(range_size=DIFF_RANGE, up_to_id=max_id)
+    ours = warehouse_range_fingerprints(source, max_id)
+    present: set[int] = set()
+    accounted: set[int] = set()
+    for bucket in sorted(set(theirs) | set(ours)):
+        if theirs.get(bucket) == ours.get(bucket):
+            continue
+        low, high = bucket * DIFF_RANGE, min(bucket * DIFF_RANGE + DIFF_RANGE - 1, max_id)
+        present.update(reader.ids_between(low, high))
+        accounted.update(_accounted_ids_between(source, low, high))
+    superseded = _rows_vanished(source, sorted(accounted - present), result)
+    _load_ids(reader, source, state, sorted((present - accounted) | superseded), result, progress, deadline)
+
+
+_ACCOUNTED_BETWEEN_SQL = f"""
+    SELECT source_row_id FROM {Student._meta.db_table}
+    WHERE source_id = %(source)s AND source_row_id BETWEEN %(low)s AND %(high)s
+    UNION ALL SELECT source_row_id FROM {QuarantinedRow._meta.db_table}
+    WHERE source_id = %(source)s AND source_row_id BETWEEN %(low)s AND %(high)s
+    UNION ALL SELECT superseded_row_id FROM {DuplicateStudent._meta.db_table}
+    WHERE source_id = %(source)s AND superseded_row_id BETWEEN %(low)s AND %(high)s"""
+# The fingerprint (extract.IdsFingerprint) of the ids accounted for, by range or in all: index-only scans.
+_FINGERPRINT_SQL = f"""
+    SELECT {{bucket}} count(*), coalesce(sum(r), 0), coalesce(sum(q), 0), coalesce(sum(q * m %% {FINGERPRINT_PRIME}), 0)
+    FROM (SELECT r, m, m * m %% {FINGERPRINT_PRIME} AS q
+          FROM (SELECT r, r %% {FINGERPRINT_PRIME} AS m FROM ({_ACCOUNTED_BETWEEN_SQL}) AS a(r)) AS reduced) AS accounted
+    {{group_by}}"""
+
+
+def _accounted_ids_between(source: Source, low: int, high: int) -> set[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(_ACCOUNTED_BETWEEN_SQL, {"source": source.pk, "low": low, "high": high})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def warehouse_ids_fingerprint(source: Source, up_to_id: int) -> IdsFingerprint:
+    with connection.cursor() as cursor:
+        cursor.execute(_FINGERPRINT_SQL.format(bucket="", group_by=""),
+                       {"source": source.pk, "low": BIGINT_MIN, "high": up_to_id})
+        return IdsFingerprint(*(int(v) for v in cursor.fetchone()))
+
+
+def warehouse_range_fingerprints(source: Source, up_to_id: int) -> dict[int, IdsFingerprint]:
+    # Integer division truncates toward zero here as in the sources' SQL (extract.range_fingerprints).
+    with connection.cursor() as cursor:
+        cursor.execute(_FINGERPRINT_SQL.format(bucket=f"r / {DIFF_RANGE},", group_by="GROUP BY 1"),
+                       {"source": source.pk, "low": BIGINT_MIN, "high": up_to_id})
+        return {int(row[0]): IdsFingerprint(*(int(v) for v in row[1:])) for row in cursor.fetchall()}
 def _reconcile_content(reader, source, state, max_id: int, result: SyncResult, progress) -> None:
     """Find rows changed in place (same id, new values) by comparing content hashes range by range."""
     stored = dict(Student.objects.filter(source=source).values_list("source_row_id", "raw_md5"))

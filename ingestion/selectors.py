@@ -50,6 +50,8 @@ def source_statuses() -> list[dict]:
             "last_batch_seconds": state.last_batch_seconds,
             "rows_per_second": (state.last_batch_size / state.last_batch_seconds
                                 if state.last_batch_seconds else None),
+            "figures_error": state.figures_error,
+            "figures_stale_since": state.figures_stale_since,
             "last_error": state.last_error,
             "last_error_at": state.last_error_at,
             "consecutive_failures": state.consecutive_failures,
@@ -70,3 +72,13 @@ def quarantined_row_get(*, source: Source, source_row_id: int) -> QuarantinedRow
         raise QuarantinedRowNotFoundError(
             f"row {source_row_id} of {source.code} is not in quarantine (it loaded, was deleted, or never existed)"
         ) from None
+
+
+def countries_with_stale_figures() -> dict[str, str]:
+    """Countries whose figures are served stale because their refresh failed -> the reason."""
+    return dict(SourceState.objects.exclude(figures_error="").values_list("source__code", "figures_error"))
+
+
+def country_reloading(country: str) -> bool:
+    """Whether a source of the country is being compared in full (ingestion.pipeline): its figures wait until done."""
+    return SourceState.objects.filter(source__code=country, reloading=True).exists()

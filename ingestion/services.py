@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+import datetime as dt
 
-from ingestion.models import Source
+from django.db import transaction
+from django.utils import timezone
+
+from ingestion.models import Source, SourceState
 
 
 class SourceNotFoundError(LookupError):
@@ -42,3 +45,25 @@ def source_set_enabled(*, code: str, enabled: bool) -> Source:
     if not updated:
         raise SourceNotFoundError(f"no source with code {code!r}")
     return Source.objects.get(code=code)
+
+
+def country_figures_status_set(*, country: str, error: str) -> dt.datetime | None:
+    """Record that a country's figures could not be refreshed (`error`), or that they were again (""). Returns since
+    when they have been stale (None when not). Writes only when the status changes."""
+    states = SourceState.objects.filter(source__code=country)
+    if not error:
+        states.exclude(figures_error="").update(figures_error="", figures_stale_since=None)
+        return None
+    since = states.exclude(figures_stale_since=None).values_list("figures_stale_since", flat=True).first()
+    if since is None:
+        since = timezone.now()
+    states.update(figures_error=error[:2000], figures_stale_since=since)
+    return since
+
+
+def country_students_recheck(*, country: str) -> int:
+    """Check the stored students of a country's sources against today's plausibility rules; those that break one move
+    to the quarantine. Returns how many moved."""
+    from ingestion.pipeline import source_students_recheck
+
+    return sum(source_students_recheck(source=source).quarantined for source in Source.objects.filter(code=country))

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as arrow_csv
 
 from codebook.catalogue import Kind, VariableSpec
+from ingestion import plausibility
 from ingestion.layout import ANALYSIS_VARIABLES, SCORE_DOMAINS, WEIGHTS
 
 KEY_VARIABLES = ("CNTSTUID", "CNTSCHID")
@@ -63,6 +64,13 @@ class Plan:
     analysis_missing_high: np.ndarray
     analysis_missing_values: tuple[tuple[int, np.ndarray], ...]  # (position within `analysis`, codes)
     plausible_values: tuple[tuple[str, np.ndarray], ...]  # domain -> positions within `numeric` of PV1..PV10
+    weights: np.ndarray  # positions within `numeric` of W_FSTUWT, W_FSTURWT1..80
+    # Variables a plausibility rule bounds (ingestion/plausibility.py): positions within `numeric`, their bounds, and
+    # their missing codes (a 99 of an index is missing, not out of range).
+    bounded: np.ndarray
+    bounded_low: np.ndarray
+    bounded_high: np.ndarray
+    bounded_missing: tuple[np.ndarray, np.ndarray, tuple[tuple[int, np.ndarray], ...]]
     cnt: int  # position (in the variables) of CNT
     cntstuid: int  # positions within `numeric`
     cntschid: int
@@ -103,6 +111,9 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
     allowed_keys = np.unique(np.array(keys, dtype=np.float64))
     analysis = np.array([position[name] for name in ANALYSIS_VARIABLES])
     discrete_by_position = dict(discrete)
+    bounds = {k: plausibility.value_bounds(variables[i].name, variables[i].kind, variables[i].format_spss)
+              for k, i in enumerate(numeric)}
+    bounded = np.array([k for k, bound in bounds.items() if bound is not None], dtype=np.int64)
     return Plan(
         names=names,
         numeric=np.array(numeric),
@@ -121,6 +132,13 @@ def _build_plan(variables: Sequence[VariableSpec]) -> Plan:
                                       if int(k) in discrete_by_position),
         plausible_values=tuple((domain, np.array([position[f"PV{m}{domain}"] for m in range(1, 11)]))
                                for domain in SCORE_DOMAINS),
+        weights=np.array([position[name] for name in WEIGHTS]),
+        bounded=bounded,
+        bounded_low=np.array([bounds[int(k)][0] for k in bounded]),
+        bounded_high=np.array([bounds[int(k)][1] for k in bounded]),
+        bounded_missing=(low[bounded], high[bounded],
+                         tuple((j, discrete_by_position[int(k)]) for j, k in enumerate(bounded)
+                               if int(k) in discrete_by_position)),
         cnt=names.index("CNT"),
         cntstuid=position["CNTSTUID"],
         cntschid=position["CNTSCHID"],
@@ -436,8 +454,24 @@ def validate(batch: ParsedBatch, plan: Plan, *, country: str) -> np.ndarray:
         present = (~np.isnan(numbers[:, columns])).sum(axis=1)
         for row in np.flatnonzero((present > 0) & (present < len(columns))):
             problems[int(row)].append(f"PV1{domain}..PV10{domain}: only {present[row]} of 10 present")
+    _check_plausibility(numbers, plan, problems)
     return _missing_codes(numbers[:, plan.analysis], plan.analysis_missing_low, plan.analysis_missing_high,
                           plan.analysis_missing_values)
+
+
+def _check_plausibility(numbers: np.ndarray, plan: Plan, problems) -> None:
+    """The rules of ingestion/plausibility.py: weights, plausible values, bounded indices."""
+    for row, reasons in plausibility.weight_problems(numbers[:, plan.weights]).items():
+        problems[row].extend(reasons)
+    for domain, columns in plan.plausible_values:
+        for row, reason in plausibility.plausible_value_problems(domain, numbers[:, columns]).items():
+            problems[row].append(reason)
+    if len(plan.bounded):
+        values = numbers[:, plan.bounded]
+        missing = _missing_codes(values, *plan.bounded_missing)
+        names = [plan.numeric_names[int(k)] for k in plan.bounded]
+        for row, reason in plausibility.bounded_problems(names, values, plan.bounded_low, plan.bounded_high, missing):
+            problems[row].append(reason)
 
 
 def _key_text(value: float) -> str:

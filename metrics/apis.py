@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 
-from metrics import selectors
+from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
 from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, bad_request,
                             cached_json, fast_path, method_not_allowed, query_problem)
@@ -135,10 +135,16 @@ def forage_fast(chart: str):
     return view
 
 
+DISTRIBUTION_RETRY_AFTER_SECONDS = 2
+COMPUTING = OpenApiResponse(ref("DistributionComputing"), description=(
+    "Some countries' distribution is being computed (by the analysis worker, never in the request): ask again "
+    "after Retry-After seconds"))
+
+
 class VariableDistributionApi(PublicApi):
     @extend_schema(parameters=[COUNTRIES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
                    responses={200: OpenApiResponse(ref("Distribution"), description="Weighted distribution by country"),
-                              304: NOT_MODIFIED, 400: BAD_REQUEST,
+                              202: COMPUTING, 304: NOT_MODIFIED, 400: BAD_REQUEST,
                               404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")})
     def get(self, request, name: str):
         if problem := query_problem(request.GET, COUNTRIES_ONLY):
@@ -148,7 +154,18 @@ class VariableDistributionApi(PublicApi):
         except selectors.InvalidParameter as exc:
             return bad_request(str(exc))
         try:
-            etag = selectors.distribution_etag(name, countries)
+            variable, entries, due = selectors.distribution_lookup(name, countries)
         except selectors.UnknownVariable as exc:
             return JsonResponse({"error": str(exc)}, status=404)
-        return cached_json(request, etag, lambda: selectors.distribution_bytes(name, countries, etag))
+        if due:
+            services.distributions_request(variable=variable["name"], countries=due)
+        computing = [country for country in countries if country not in entries]
+        if computing:
+            response = JsonResponse({"status": "computing", "variable": variable["name"],
+                                     "ready": [c for c in countries if c in entries], "computing": computing,
+                                     "retry_after_seconds": DISTRIBUTION_RETRY_AFTER_SECONDS}, status=202)
+            response["Retry-After"] = str(DISTRIBUTION_RETRY_AFTER_SECONDS)
+            response["Cache-Control"] = "no-store"
+            return response
+        etag = selectors.distribution_etag(variable, countries, entries)
+        return cached_json(request, etag, lambda: selectors.distribution_bytes(variable, countries, entries, etag))

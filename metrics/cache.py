@@ -173,3 +173,35 @@ def view_bytes(etag: str, build: Callable[[], dict]) -> bytes:
         while len(_recent_views) > RECENT_VIEWS_PER_PROCESS:
             _recent_views.popitem(last=False)
     return body
+
+
+# --- Distributions of any variable: computed by the analysis worker, one entry per (variable, country) -----------
+
+DISTRIBUTION = "pisa:metrics:distribution:{}:{}"
+DISTRIBUTION_CLAIM = "pisa:metrics:distribution:claim:{}:{}"
+# Entries are recomputed when stale (metrics.selectors); this only bounds the memory of variables nobody asks for.
+DISTRIBUTION_KEEP_SECONDS = 24 * 3600
+
+
+def distribution_entries(variable: str, countries: Sequence[str]) -> dict[str, dict]:
+    if not countries:
+        return {}
+    bodies = _client().mget([DISTRIBUTION.format(variable, c) for c in countries])
+    return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
+
+
+def distribution_store(*, variable: str, country: str, entry: dict) -> None:
+    body = json.dumps(entry, separators=(",", ":"), allow_nan=False)
+    pipe = _client().pipeline()
+    pipe.set(DISTRIBUTION.format(variable, country), body, ex=DISTRIBUTION_KEEP_SECONDS)
+    pipe.delete(DISTRIBUTION_CLAIM.format(variable, country))
+    pipe.execute()
+
+
+def distribution_claim(*, variable: str, country: str, seconds: float) -> bool:
+    """True for the first caller asking for this computation while none is queued or running (then it queues it)."""
+    return bool(_client().set(DISTRIBUTION_CLAIM.format(variable, country), 1, nx=True, ex=max(1, int(seconds))))
+
+
+def country_versions(countries: Sequence[str]) -> list[bytes | None]:
+    return _client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []

@@ -1,7 +1,8 @@
 """The weighted distribution of any of the 1,118 codebook variables, by country, decoded with the codebook.
 
 Read from the warehouse's raw lines (`split_part` of the variable's position), so every variable is available, not
-only the analysis columns; answers are cached briefly in Redis by the API. Percentages and means carry standard
+only the analysis columns. That reads every student of a country, so it runs in the analysis worker, never in a
+request: metrics.services.country_distribution_refresh stores each country's answer in Redis, which the API serves. Percentages and means carry standard
 errors from the 80 replicate weights (METHODS.md); missing codes are reported apart, by reason, and never enter a
 percentage's denominator or a mean.
 """
@@ -135,10 +136,4 @@ def country_distribution(spec: VariableSpec, position: int, country: str) -> dic
     return result
 
 
-def variable_distribution(*, name: str, countries: list[str]) -> dict:
-    position, spec = variable_position(name)
-    return {
-        "variable": {"name": spec.name, "label": spec.label, "kind": spec.kind, "format_spss": spec.format_spss},
-        "note": "weighted with W_FSTUWT; standard errors from the 80 replicate weights; missing codes reported apart",
-        "countries": [country_distribution(spec, position, country) for country in countries],
-    }
+DISTRIBUTION_NOTE = "weighted with W_FSTUWT; standard errors from the 80 replicate weights; missing codes reported apart"

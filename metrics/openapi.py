@@ -49,7 +49,11 @@ COMPONENTS = {
         "background": _object({name: ref("Estimate") for name in BACKGROUND_STATISTICS}),
         "submissions": _object({"per_minute_last_hour": {"type": "number"}, "per_hour_last_24h": {"type": "number"}}),
     }),
-    "Freshness": _object({"newest_created_at": TIMESTAMP_OR_NULL, "rows_loaded": COUNT, "quarantined": COUNT}),
+    "Freshness": _object({"newest_created_at": TIMESTAMP_OR_NULL, "rows_loaded": COUNT, "quarantined": COUNT,
+                          "stale": {**_object({"since": {"type": "string", "format": "date-time"},
+                                               "reason": {"type": "string"}}), "nullable": True,
+                                    "description": "set when the country's last refresh failed: these are its last "
+                                                   "good figures, and the refresh is being retried"}}),
     "CountryDocument": _object({
         "country": COUNTRY,
         "name": {"type": "string"},
@@ -83,6 +87,8 @@ COMPONENTS = {
         "variable": _object({"name": {"type": "string"}, "label": {"type": "string"}, "kind": {"type": "string"},
                              "format_spss": {"type": "string"}}),
         "note": {"type": "string"},
+        "computed_at": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "country -> when its distribution was computed (epoch seconds)"},
         "countries": {"type": "array", "items": _object({
             "country": COUNTRY,
             "students": COUNT,
@@ -98,6 +104,13 @@ COMPONENTS = {
             "continuous": {**_object({name: ref("Estimate") for name in ("mean", "sd", "p10", "p50", "p90")}),
                            "description": "numeric variables"},
         }, required=["country", "students", "valid", "missing"])},
+    }),
+    "DistributionComputing": _object({
+        "status": {"type": "string", "enum": ["computing"]},
+        "variable": {"type": "string"},
+        "ready": {"type": "array", "items": COUNTRY},
+        "computing": {"type": "array", "items": COUNTRY},
+        "retry_after_seconds": COUNT,
     }),
 }
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from django.utils import timezone
 
 from metrics import cache
-from metrics.distribution import UnknownVariable, variable_distribution, variable_position
+from metrics.distribution import DISTRIBUTION_NOTE, UnknownVariable, variable_position
 from metrics.estimators import average_of_countries
 
 COUNTRY_CODE = "[A-Z]{3,8}"
@@ -186,18 +186,42 @@ def forage_bytes(kind: str, countries: Sequence[str], etag: str) -> bytes:
 
 # --- Any variable's distribution ----------------------------------------------------------------------------------
 
-# A distribution reads the raw line of every student of the countries asked for, so it is recomputed at most once
-# per period for a given variable and countries, however fast rows arrive: its ETag follows the labels and the clock.
+# A distribution reads the raw line of every student of the countries asked for: far too much for a request. The
+# analysis worker computes it, one country at a time, into Redis (metrics.services.country_distribution_refresh); a
+# request only reads those entries. An entry is recomputed, and served meanwhile, once it is older than this and its
+# country changed since (or the codebook labels did).
 DISTRIBUTION_TTL_SECONDS = 15
 
 
-def distribution_etag(name: str, countries: Sequence[str]) -> str:
+def distribution_lookup(name: str, countries: Sequence[str]) -> tuple[dict, dict[str, dict], list[str]]:
+    """(the variable as the answer describes it, the computed entries of these countries, the countries whose entry is
+    missing or due again). Reads Redis only. Raises UnknownVariable."""
     from codebook.selectors import labels_version
 
-    _, spec = variable_position(name)  # raises UnknownVariable
-    period = int(time.time() // DISTRIBUTION_TTL_SECONDS)
-    return cache.view_etag(f"distribution:{spec.name}:{','.join(countries)}", [], labels_version(), period)
+    _, spec = variable_position(name)
+    entries = cache.distribution_entries(spec.name, countries)
+    labels = str(labels_version())
+    versions = dict(zip(countries, cache.country_versions(countries)))
+    now = time.time()
+    due = []
+    for country in countries:
+        entry = entries.get(country)
+        version = versions[country].decode() if versions[country] else None
+        if entry is None or entry["labels"] != labels or (
+                entry["country_version"] != version and now - entry["computed_at"] > DISTRIBUTION_TTL_SECONDS):
+            due.append(country)
+    variable = {"name": spec.name, "label": spec.label, "kind": spec.kind, "format_spss": spec.format_spss}
+    return variable, entries, due
 
 
-def distribution_bytes(name: str, countries: Sequence[str], etag: str) -> bytes:
-    return cache.view_bytes(etag, lambda: variable_distribution(name=name, countries=list(countries)))
+def distribution_etag(variable: dict, countries: Sequence[str], entries: dict[str, dict]) -> str:
+    stamps = [repr(entries[c]["computed_at"]).encode() for c in countries]
+    return cache.etag_of(f"distribution:{variable['name']}", countries, stamps)
+
+
+def distribution_bytes(variable: dict, countries: Sequence[str], entries: dict[str, dict], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: {
+        "variable": variable, "note": DISTRIBUTION_NOTE,
+        "computed_at": {c: entries[c]["computed_at"] for c in countries},
+        "countries": [entries[c]["result"] for c in countries],
+    })

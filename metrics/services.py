@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -16,11 +17,14 @@ from django.utils import timezone
 from ingestion.load import country_write_lock
 from ingestion.locks import redis_lock
 from ingestion.models import SourceState, Student
+from ingestion.selectors import country_reloading
+from ingestion.services import country_figures_status_set, country_students_recheck
 from metrics import cache
+from metrics.distribution import country_distribution, variable_position
 from metrics.estimators import country_statistics, score_percentiles
 from metrics.models import CountryMetricsState
 from metrics.sufficient import CountryState
-from metrics.warehouse import changes_after, country_scores, country_students, prune_changes
+from metrics.warehouse import changes_after, country_scores, country_students, newest_change_id, prune_changes
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class RefreshResult:
     changes: int
     seconds: float
     percentiles_recomputed: bool
+    error: str = ""  # the refresh failed: the last good figures stay published, marked stale with this reason
 
 
 def _percentiles(weights, pv, school_id) -> dict | None:
@@ -62,10 +67,13 @@ def _hours_of_day(state: CountryState) -> dict[str, int]:
 def _freshness(country: str) -> dict:
     states = SourceState.objects.filter(source__code=country)
     aggregate = states.aggregate(newest=Max("newest_created_at"), rows=Sum("rows_loaded"),
-                                 quarantined=Sum("quarantined_count"))
-    newest = aggregate["newest"]
+                                 quarantined=Sum("quarantined_count"), stale_since=Max("figures_stale_since"),
+                                 error=Max("figures_error"))
+    newest, stale_since = aggregate["newest"], aggregate["stale_since"]
     return {"newest_created_at": newest.isoformat() if newest else None, "rows_loaded": aggregate["rows"] or 0,
-            "quarantined": aggregate["quarantined"] or 0}
+            "quarantined": aggregate["quarantined"] or 0,
+            # The figures are the last good ones: a refresh failed since then, for this reason (retried meanwhile).
+            "stale": {"since": stale_since.isoformat(), "reason": aggregate["error"]} if stale_since else None}
 
 
 def _document(country: str, state: CountryState, percentiles: dict | None, version: int) -> dict:
@@ -134,8 +142,32 @@ def _percentiles_due(row: CountryMetricsState) -> bool:
 def country_metrics_refresh(*, country: str, force_percentiles: bool = False) -> RefreshResult:
     """Fold the new changes of a country into its state and publish its statistics; then, when they are due, its
     percentiles (see `country_percentiles_refresh`). Idempotent: changes are read by id after the stored bookmark, in
-    the same transaction that saves the new state and bookmark."""
+    the same transaction that saves the new state and bookmark.
+
+    Never frozen by data: when the fold fails (a change no estimate can take), the state is rebuilt from the students
+    the warehouse holds now, which heals it once the offending row was fixed or removed; when that fails too, the last
+    good figures stay published, marked stale with the reason (`_figures_stale`), and the sweep retries."""
     started = time.perf_counter()
+    try:
+        changes, percentiles_wanted = _fold_and_publish(country, force_percentiles)
+    except ValueError as exc:  # StateMismatchError and the StudentBatch checks are ValueErrors
+        logger.error("metrics refresh of %s failed (%s): rebuilding it from the warehouse", country, exc)
+        try:
+            rebuilt = country_metrics_rebuild(country=country)
+        except ValueError as rebuild_exc:
+            _figures_stale(country, f"refresh failed: {rebuild_exc}")
+            return RefreshResult(country=country, changes=0, seconds=time.perf_counter() - started,
+                                 percentiles_recomputed=False, error=str(rebuild_exc))
+        return RefreshResult(country=country, changes=rebuilt.students, seconds=time.perf_counter() - started,
+                             percentiles_recomputed=True)
+    recomputed = percentiles_wanted and country_percentiles_refresh(country=country, force=force_percentiles)
+    return RefreshResult(country=country, changes=changes, seconds=time.perf_counter() - started,
+                         percentiles_recomputed=recomputed)
+
+
+def _fold_and_publish(country: str, force_percentiles: bool) -> tuple[int, bool]:
+    if country_reloading(country):
+        return 0, False  # its changes wait in the log, and are folded and published at once when the repair is over
     with transaction.atomic():
         row, state, changes, newest_change = _locked_state_with_changes(country)
         if changes:
@@ -145,14 +177,21 @@ def country_metrics_refresh(*, country: str, force_percentiles: bool = False) ->
             row.save(update_fields=["state", "last_change_id", "updated_at"])
         if row.percentiles is not None and not state.n_students():  # emptied: no percentiles, nothing to compute
             _percentiles_store(row, None, row.last_change_id)
+        country_figures_status_set(country=country, error="")
         # Published under the locks, so that two refreshes of a country publish in the order they folded. The cost: a
         # Redis that hangs holds the country's loads for its socket timeout (when Redis is down they stall anyway,
         # their broker being gone), and a commit failing after the publish leaves a document the next refresh redoes.
         _document_publish(row, state)
-        percentiles_wanted = force_percentiles or _percentiles_due(row)
-    recomputed = percentiles_wanted and country_percentiles_refresh(country=country, force=force_percentiles)
-    return RefreshResult(country=country, changes=changes, seconds=time.perf_counter() - started,
-                         percentiles_recomputed=recomputed)
+        return changes, force_percentiles or _percentiles_due(row)
+
+
+def _figures_stale(country: str, reason: str) -> None:
+    """Keep serving the country's last good figures, marked stale with `reason`."""
+    country_figures_status_set(country=country, error=reason)
+    with transaction.atomic():
+        row = CountryMetricsState.objects.select_for_update().filter(country=country).first()
+        if row is not None:
+            _document_publish(row, CountryState.from_bytes(bytes(row.state)))
 
 
 def country_percentiles_refresh(*, country: str, force: bool = False) -> bool:
@@ -183,24 +222,78 @@ class RebuildResult:
 
 def country_metrics_rebuild(*, country: str, verify: bool = False) -> RebuildResult:
     """Recompute a country's state from every student in the warehouse. With verify, report how the incremental
-    state differs from it (nothing beyond float rounding is expected) and leave the incremental state in place."""
+    state differs from it (nothing beyond float rounding is expected) and leave the incremental state in place.
+
+    Works whatever the data: stored students that no estimate can take (checked in under older rules) are moved to
+    the quarantine first, with their reasons."""
+    try:
+        return _rebuild(country, verify)
+    except ValueError:
+        if not country_students_recheck(country=country):
+            raise
+        return _rebuild(country, verify)
+
+
+def _rebuild(country: str, verify: bool) -> RebuildResult:
     with transaction.atomic():
-        # Pending changes are folded first, so both sides describe the same warehouse.
-        row, incremental, _, newest_change = _locked_state_with_changes(country)
+        with connection.cursor() as cursor:
+            country_write_lock(cursor.cursor, country=country)
+        row, _ = CountryMetricsState.objects.select_for_update().get_or_create(
+            country=country, defaults={"state": CountryState.empty().to_bytes()})
         students = country_students(country)
         rebuilt = CountryState.from_batch(students)
-        differences = incremental.difference(rebuilt) if verify else []
-        if not verify:
+        newest_change = newest_change_id(country, row.last_change_id)
+        differences = []
+        if verify:
+            try:  # pending changes folded first, so both sides describe the same warehouse
+                _, incremental, _, newest_change = _locked_state_with_changes(country)
+                differences = incremental.difference(rebuilt)
+            except ValueError as exc:
+                differences = [f"the incremental state cannot fold its pending changes: {exc}"]
+                incremental = rebuilt
+            row.state = incremental.to_bytes()
+        else:
             row.state = rebuilt.to_bytes()
             _percentiles_store(row, _percentiles(students.weights, students.pv, students.school_id), newest_change,
                                save=False)  # saved with the rest below
-        else:
-            row.state = incremental.to_bytes()
         prune_changes(country, newest_change)
         row.last_change_id = newest_change
         row.save()
     country_metrics_refresh(country=country)
     return RebuildResult(country=country, students=len(students), differences=differences)
+
+
+DISTRIBUTION_TASK = "metrics.distribution_country"
+# A computation claimed (queued or running) for longer than this is taken to be lost, and may be asked for again.
+DISTRIBUTION_CLAIM_SECONDS = 120
+
+
+def distributions_request(*, variable: str, countries: Sequence[str]) -> list[str]:
+    """Queue the computation of a variable's distribution for each of these countries not already queued or
+    running; returns those queued."""
+    from pisa_site.celery import app
+
+    queued = []
+    for country in countries:
+        if cache.distribution_claim(variable=variable, country=country, seconds=DISTRIBUTION_CLAIM_SECONDS):
+            app.send_task(DISTRIBUTION_TASK, args=[variable, country], queue="analysis")
+            queued.append(country)
+    return queued
+
+
+def country_distribution_refresh(*, variable: str, country: str) -> dict:
+    """Compute a variable's distribution over a country's students and store it for the API. Idempotent."""
+    from codebook.selectors import labels_version
+
+    position, spec = variable_position(variable)
+    # Read before the students: an entry is at least as new as the version it carries.
+    [version] = cache.country_versions([country])
+    labels = str(labels_version())
+    result = country_distribution(spec, position, country)
+    cache.distribution_store(variable=spec.name, country=country, entry={
+        "computed_at": time.time(), "country_version": version.decode() if version else None, "labels": labels,
+        "result": result})
+    return result
 
 
 def countries_with_data() -> list[str]:

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from ingestion.followup import metrics_refresh_request, pending_key
 from ingestion.locks import _client
-from metrics.services import PERCENTILES_SECONDS, country_metrics_refresh
+from ingestion.selectors import countries_with_stale_figures
+from metrics.services import PERCENTILES_SECONDS, country_distribution_refresh, country_metrics_refresh
 from metrics.warehouse import countries_with_changes_recorded_before, countries_with_percentiles_behind
 
 REFRESH_SOFT_TIME_LIMIT = 60
@@ -33,8 +34,21 @@ def refresh_overdue() -> list[str]:
     away is only redelivered after the visibility timeout), and the pending mark would then hold back the requests of
     later loads until it expires; a country that then receives no new rows would never be folded. Likewise for a
     country whose percentiles are due but no longer receives rows (or whose refreshes found the percentiles lock
-    taken)."""
+    taken), and for a country whose last refresh failed."""
     now = timezone.now()
     overdue = set(countries_with_changes_recorded_before(now - dt.timedelta(seconds=settings.METRICS_OVERDUE_SECONDS)))
     overdue.update(countries_with_percentiles_behind(computed_before=now - dt.timedelta(seconds=PERCENTILES_SECONDS)))
+    overdue.update(countries_with_stale_figures())  # a failed refresh is retried, so that a fixed row heals it
     return [country for country in sorted(overdue) if metrics_refresh_request(country=country)]
+
+
+DISTRIBUTION_SOFT_TIME_LIMIT = 90
+DISTRIBUTION_TIME_LIMIT = 110  # below the claim's life (metrics.services.DISTRIBUTION_CLAIM_SECONDS)
+
+
+@shared_task(name="metrics.distribution_country", ignore_result=True, acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=DISTRIBUTION_SOFT_TIME_LIMIT, time_limit=DISTRIBUTION_TIME_LIMIT)
+def distribution_country(variable: str, country: str) -> None:
+    """On the analysis queue, apart from the refreshes: it reads every student of a country (seconds at PISA size),
+    and a refresh must never wait behind it. Idempotent: a redelivered message recomputes the same entry."""
+    country_distribution_refresh(variable=variable, country=country)

@@ -101,6 +101,13 @@ def country_scores(country: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.
     return matrix[:, 1:1 + _N_WEIGHTS], pv, matrix[:, 0].astype(np.int64)
 
 
+def newest_change_id(country: str, at_least: int) -> int:
+    """The id of a country's newest change-log row (`at_least` when there is none after it)."""
+    newest = StudentChange.objects.filter(country=country, id__gt=at_least).order_by("-id").values_list(
+        "id", flat=True).first()
+    return at_least if newest is None else newest
+
+
 def prune_changes(country: str, up_to_id: int) -> int:
     return StudentChange.objects.filter(country=country, id__lte=up_to_id).delete()[0]
 

@@ -22,10 +22,30 @@ _PROBE = {"type": "object", "required": ["ok"], "properties": {
     "latency_ms": {"type": "number", "description": "when ok"},
     "error": {"type": "string", "description": "when not ok: the exception, as the client library put it"},
 }}
-HEALTH_SCHEMA = {"type": "object", "required": ["status", "services"], "properties": {
-    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+HEALTH_SCHEMA = {"type": "object", "required": ["status", "services", "figures"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"],
+               "description": "degraded: every service answers, but some country's figures are served stale"},
     "services": {"type": "object", "required": list(SERVICES), "properties": dict.fromkeys(SERVICES, _PROBE)},
+    "figures": {"type": "object", "required": ["stale"], "properties": {"stale": {
+        "type": "object", "additionalProperties": {"type": "string"},
+        "description": "country -> why its last refresh failed (its last good figures are served meanwhile)"}}},
 }}
+
+# What an app reports as degraded without being down: callables returning {name: reason}, registered by the apps
+# (their AppConfig.ready), so that this module imports none of them.
+_stale_figures_sources: list = []
+
+
+def stale_figures_source_register(source) -> None:
+    if source not in _stale_figures_sources:
+        _stale_figures_sources.append(source)
+
+
+def _stale_figures() -> dict[str, str]:
+    stale: dict[str, str] = {}
+    for source in _stale_figures_sources:
+        stale.update(source())
+    return stale
 
 
 def _probe(check) -> dict:
@@ -74,8 +94,10 @@ class HealthView(APIView):
             return Response({"error": problem}, status=400, headers={"Cache-Control": "no-store"})
         services = services_health()
         healthy = all(state["ok"] for state in services.values())
+        stale = _stale_figures() if services["database"]["ok"] else {}
         return Response(
-            {"status": "ok" if healthy else "unavailable", "services": services},
+            {"status": "unavailable" if not healthy else "degraded" if stale else "ok", "services": services,
+             "figures": {"stale": stale}},
             status=200 if healthy else 503,
             headers={"Cache-Control": "no-store"},
         )

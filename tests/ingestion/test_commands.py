@@ -19,13 +19,23 @@ def test_ingest_loads_every_enabled_source_and_refreshes_their_metrics(source_db
     assert set(CountryMetricsState.objects.values_list("country", flat=True)) == {"ALB", "ARG"}
 
 
-def test_ingest_full_reloads_a_source_from_scratch(source_db, capsys):
+def test_ingest_full_compares_everything_and_repairs_in_place(source_db, capsys):
+    from ingestion.models import StudentChange
+
     alb = source_db("ALB")
-    alb.insert_students(5)
+    ids = alb.insert_students(5)
     call_command("ingest", source=["alb"])
-    call_command("ingest", source=["ALB"], full=True)
-    assert "reset" in capsys.readouterr().out
-    assert Student.objects.filter(country="ALB").count() == 5
+    StudentChange.objects.all().delete()
+    Student.objects.filter(source=alb.source, source_row_id=ids[0]).delete()  # lost
+    Student.objects.filter(source=alb.source, source_row_id=ids[1]).update(raw_md5="0" * 32)  # damaged
+
+    call_command("ingest", source=["ALB"], full=True, no_metrics=True)  # the refresh would fold the change log
+
+    out = capsys.readouterr().out
+    assert "compared in full" in out and "ALB: +2 loaded" in out
+    assert set(Student.objects.filter(country="ALB").values_list("source_row_id", flat=True)) == set(ids)
+    # Repaired in place: the damaged version left the sums, and the three intact students were never touched.
+    assert sorted(StudentChange.objects.values_list("sign", flat=True)) == [-1, 1, 1]
 
 
 def test_ingest_names_unknown_sources_and_fails_on_unreadable_ones(source_db):

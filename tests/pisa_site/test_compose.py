@@ -52,7 +52,9 @@ def test_app_commands_exist_in_the_project(service):
         assert command[3] in {"worker", "beat", "flower"}
         if command[3] == "worker":
             queues = command[command.index("--queues") + 1].split(",")
-            assert set(queues) == {"ingestion", "metrics"}
+            from django.conf import settings
+
+            assert set(queues) == {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     elif program == "gunicorn":
         module, attribute = command[1].split(".wsgi")[0], "application"
         wsgi = __import__(f"{module}.wsgi", fromlist=[attribute])

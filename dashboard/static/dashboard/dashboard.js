@@ -14,8 +14,8 @@ const MAX_LEGEND_ENTRIES = 8; // more lines than colours: the tooltip names them
 const Z95 = 1.96;
 const MAX_CHIPS = 6; // beyond this the selector shows "+N", as the course's dashboard does
 const REQUEST_TIMEOUT_MS = 2500;
-// A distribution reads every answer of the countries shown: it may take seconds, and it is asked for on demand only.
-const DISTRIBUTION_TIMEOUT_MS = 30000;
+// A distribution is computed by the analysis worker on demand (202 until ready): this long, at most, then give up.
+const DISTRIBUTION_TIMEOUT_MS = 120000;
 const COUNTRY_LIST_REFRESH_MS = 10000;
 const SEARCH_DEBOUNCE_MS = 250;
 const ROW_PX = 28;
@@ -717,6 +717,12 @@ function staleSources() {
   );
 }
 
+/* Countries whose figures are the last good ones: their refresh failed (the API says why) and is being retried. */
+function staleFigures() {
+  const byCountry = (state.metrics && state.metrics.by_country) || {};
+  return Object.values(byCountry).filter((doc) => doc && doc.freshness && doc.freshness.stale);
+}
+
 function renderStatus() {
   const banner = $("banner");
   const dot = $("live-dot");
@@ -738,6 +744,12 @@ function renderStatus() {
   } else if (state.apiError) {
     message = `Showing every country: ${state.apiError}.`;
     kind = "stale";
+  } else if (staleFigures().length) {
+    kind = "stale";
+    message = `Figures not refreshed: ${staleFigures()
+      .map((doc) => `${doc.country} shows its figures of ${new Date(doc.freshness.stale.since).toLocaleTimeString()}` +
+        ` (${doc.freshness.stale.reason.slice(0, 100)})`)
+      .join("; ")}. Retrying.`;
   } else {
     const stale = staleSources();
     if (stale.length) {
@@ -974,18 +986,30 @@ let distributionSerial = 0;
 async function loadDistribution(name) {
   const serial = ++distributionSerial;
   const countries = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
+  const url = CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries;
   $("variable-title").textContent = `${name}: computing the weighted distribution…`;
+  const giveUpAt = Date.now() + DISTRIBUTION_TIMEOUT_MS;
   let answer;
-  try {
-    answer = await getJson(
-      CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries,
-      null,
-      DISTRIBUTION_TIMEOUT_MS,
-    );
-  } catch (error) {
-    answer = { status: 0, body: { error: "the API did not answer in time; pick the variable again to retry" } };
+  for (;;) {
+    try {
+      answer = await getJson(url, null);
+    } catch (error) {
+      answer = { status: 0, body: { error: "the API did not answer; pick the variable again to retry" } };
+    }
+    if (serial !== distributionSerial) return;
+    // 202: the analysis worker is computing some countries' distribution; ask again when it says to.
+    if (answer.status !== 202 || !answer.body) break;
+    const body = answer.body;
+    $("variable-title").textContent =
+      `${name}: computing the weighted distribution… (${body.ready.length} of ` +
+      `${body.ready.length + body.computing.length} countries ready)`;
+    if (Date.now() > giveUpAt) {
+      answer = { status: 0, body: { error: "still computing; pick the variable again in a moment" } };
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000 * body.retry_after_seconds));
+    if (serial !== distributionSerial) return;
   }
-  if (serial !== distributionSerial) return;
   if (answer.status !== 200 || !answer.body) {
     $("variable-title").textContent = `${name}: no distribution available`;
     $("variable-note").textContent =

@@ -15,7 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--source", action="append", metavar="CNT",
                             help="only this source (repeatable); default: every enabled source")
         parser.add_argument("--full", action="store_true",
-                            help="forget what was loaded from the source and load it again from scratch")
+                            help="compare every id and every row's content with the source and repair what differs, "
+                                 "in place (the country's figures are published once, when it is over)")
         parser.add_argument("--no-metrics", action="store_true", help="do not refresh the metrics afterwards")
 
     def handle(self, *args, source=None, full=False, no_metrics=False, **options):
@@ -44,7 +45,8 @@ class Command(BaseCommand):
             totals["quarantined"] += result.quarantined
             self.stdout.write(f"{item.code}: +{result.loaded} loaded, -{result.removed} removed, "
                               f"{result.quarantined} quarantined, {result.duplicates} duplicates, "
-                              f"{'reset, ' if result.reset else ''}{result.seconds:.1f}s")
+                              f"{'its ids went backwards, ' if result.reset else ''}"
+                              f"{'compared in full, ' if result.reconciled else ''}{result.seconds:.1f}s")
         summary = (f"done: {totals['loaded']} loaded, {totals['removed']} removed, {totals['quarantined']} "
                    f"quarantined, {totals['failed']} source(s) failed")
         self.stdout.write(self.style.SUCCESS(summary) if not totals["failed"] else self.style.WARNING(summary))

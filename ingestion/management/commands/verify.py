@@ -15,7 +15,12 @@ def describe(result: SourceVerification) -> str:
         return f"{result.code}: could not be read: {result.error}"
     return (f"{result.code}: {result.source_rows:,} source rows: {result.loaded:,} loaded, "
             f"{result.quarantined:,} quarantined, {result.superseded:,} superseded; "
-            + ", ".join(f"{getattr(result, kind):,} {kind}" for kind in PROBLEM_KINDS))
+            + ", ".join(f"{getattr(result, kind):,} {kind}" for kind in PROBLEM_KINDS)
+            + (f" ({result.in_flight:,} in flight, matched within the settle time)" if result.in_flight else ""))
+
+
+# Longer than the pipeline takes to load a row committed late (its look-back window runs every second).
+DEFAULT_SETTLE_SECONDS = 15.0
 
 
 class Command(BaseCommand):
@@ -25,9 +30,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--source", action="append", metavar="CNT",
                             help="only this source (repeatable; disabled sources too); default: every enabled one")
+        parser.add_argument("--settle", type=float, default=DEFAULT_SETTLE_SECONDS, metavar="SECONDS",
+                            help="on a stack still being fed, give each row that differs this long to arrive (it is "
+                                 "then 'in flight', not a problem); 0 to report every difference as found "
+                                 f"(default {DEFAULT_SETTLE_SECONDS:g})")
         parser.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON instead of text")
 
-    def handle(self, *args, source=None, as_json=False, **options):
+    def handle(self, *args, source=None, as_json=False, settle=DEFAULT_SETTLE_SECONDS, **options):
         try:
             sources = sources_to_verify(codes=source)
         except SourceNotFoundError as exc:
@@ -42,7 +51,7 @@ class Command(BaseCommand):
             bars.append(Progress(f"verify {item.code}", total))
             return bars[-1].advance
 
-        verification = verify_sources(sources=sources, progress_for=progress_for)
+        verification = verify_sources(sources=sources, progress_for=progress_for, settle_seconds=settle)
         if bars:
             bars[-1].finish()
         if as_json:
