@@ -17,6 +17,14 @@ watches the pipeline react to each:
 6. **late-transaction**: rows committed seconds after newer ones; they must not be missed.
 7. **update-delete**: rows changed in place and deleted, including the row that superseded an injected duplicate
    (its predecessor must become the student again).
+8. **late-insert-delete**: one transaction, held open, inserts a row dated before the look-back window and deletes
+   another: the row count does not move, yet the new row must load and the deleted one leave.
+9. **delete-newest**: the source's newest row is deleted: it must leave the warehouse, and the country's published
+   figures must never show it half-loaded meanwhile (the pipeline once forgot and reloaded such a country).
+
+The bad rows include hostile values (a negative or absurd weight, plausible values of 1e9) that only the plausibility
+rules refuse; the country's figures must not go stale. While Redis is down (restart-redis), the API must answer with
+a JSON 503, never an HTML page.
 
 Then it pauses the simulator, waits for the pipeline to settle, runs the same comparison as `manage.py verify` and
 `metrics rebuild --verify`, resumes the simulator, and reports. The outcome is a failure on any loss, duplicate or
@@ -62,14 +70,17 @@ SIMULATOR_PAUSE_MARGIN_SECONDS = 2.0
 INSPECT_TIMEOUT_SECONDS = 1.0
 # A backlog can finish loading before a kill lands (a fast machine, a small --backlog): try again, twice as large.
 KILL_ATTEMPTS = 3
-BAD_ROWS = 8  # each problem at least twice (the injection cycles through the 3 or 4 the style can hold)
+BAD_ROWS = 14  # each problem at least twice (the injection cycles through the 6 or 7 the style can hold)
 LATE_ROWS = 5
 UPDATED_ROWS = 5
 DELETED_ROWS = 5
 RESUME_PROBE_ROWS = 5
 
 # Steps that act on one source each; bad rows and the updates and deletes share one (see `_assign`).
-SOURCE_ROLES = ("kill-worker", "restart-redis", "source-outage", "empty-source", "late-transaction")
+SOURCE_ROLES = ("kill-worker", "restart-redis", "source-outage", "empty-source", "late-transaction",
+                "late-insert-delete", "delete-newest")
+# How long the published figures of a country are watched after its newest row is deleted.
+WATCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -330,7 +341,9 @@ class ChaosRun:
             for name, action in (("kill-worker", self.kill_worker), ("restart-redis", self.restart_redis),
                                  ("source-outage", self.source_outage), ("empty-source", self.empty_source),
                                  ("bad-rows", self.bad_rows), ("late-transaction", self.late_transaction),
-                                 ("update-delete", self.update_delete)):
+                                 ("update-delete", self.update_delete),
+                                 ("late-insert-delete", self.late_insert_delete),
+                                 ("delete-newest", self.delete_newest)):
                 self._run_step(name, action)
             self.faults_done_at = timezone.now()
             self._run_step("settle", self.settle)
@@ -403,11 +416,11 @@ class ChaosRun:
                                  "larger --backlog")
             backlog *= 2
             self.say(f"the backlog loaded before a kill could land mid-run: again with {backlog:,} rows")
-        first, last = min(ids), max(ids)
         victim, task_id, _ = landed
 
         def loaded() -> int:
-            return Student.objects.filter(source=source, source_row_id__gte=first, source_row_id__lte=last).count()
+            # By id, not by range: the simulator, writing to the same source meanwhile, can take ids in between.
+            return Student.objects.filter(source=source, source_row_id__in=ids).count()
 
         redelivered = []
 
@@ -442,7 +455,7 @@ class ChaosRun:
         self.say(f"inserted a backlog of {len(ids):,} rows into {source.code} in one transaction (ids {first}-{last})")
 
         def loaded() -> int:
-            return Student.objects.filter(source=source, source_row_id__gte=first, source_row_id__lte=last).count()
+            return Student.objects.filter(source=source, source_row_id__in=ids).count()
 
         began = time.monotonic()
         while True:
@@ -499,8 +512,14 @@ class ChaosRun:
         redis.stop()
         self.say(f"stopped the embedded Redis (pid {old_pid}, port {redis.port}): broker, locks and metrics cache "
                  f"are gone for {self.plan.redis_down_seconds:g} s")
-        time.sleep(self.plan.redis_down_seconds)
+        down_until = time.monotonic() + self.plan.redis_down_seconds
+        answer = _api_answer("/api/v1/metrics/")
+        time.sleep(max(0.0, down_until - time.monotonic()))
         redis.start()
+        if answer[0] != 503 or answer[1] != "application/json":
+            raise StepFailed(f"while Redis was down, GET /api/v1/metrics/ answered {answer[0]} {answer[1]}, not a JSON "
+                             "503")
+        self.say(f"while it was down, GET /api/v1/metrics/ answered 503 JSON: {answer[2][:120]}")
         restarted_at = timezone.now()
         self.say(f"started it again (pid {redis.pid()}), same port and append-only file; no other process restarted")
         handle = self._open(source)
@@ -594,6 +613,10 @@ class ChaosRun:
         seconds = self.wait_for(accounted, timeout=self.plan.step_timeout_seconds,
                                 what=f"the bad rows of {source.code} quarantined and the latest duplicate loaded")
         self.say(f"the pipeline quarantined {len(spoiled)} rows with their reasons in {seconds:.1f} s")
+        stale = SourceState.objects.filter(source=source).exclude(figures_error="").values_list("figures_error",
+                                                                                               flat=True).first()
+        if stale:
+            raise StepFailed(f"the figures of {source.code} went stale after the bad rows: {stale}")
         if kept is not None:
             superseded = DuplicateStudent.objects.filter(source=source, kept_row_id=kept).count()
             self.duplicate = (kept, duplicates[0]["value"])
@@ -665,6 +688,64 @@ class ChaosRun:
                                "the others")
             self.say(f"CNTSTUID {cntstuid} is a student again, from its next latest row "
                      f"{heir.values_list('source_row_id', flat=True).first()}")
+
+    # --- 8. a late transaction whose insert and delete cancel in a count ---
+    def late_insert_delete(self, source: Source) -> None:
+        handle = self._open(source)
+        created_at = timezone.now() - dt.timedelta(seconds=settings.INGEST_LOOKBACK_SECONDS + 60)
+        try:
+            self.say(f"holding an insert (created_at {created_at:%H:%M:%S}, before the look-back window) and a delete "
+                     f"in {source.code} open for {self.plan.late_hold_seconds:g} s")
+            injection = injection_late(handle=handle, factory=self.factory, specs=self.specs, count=1,
+                                       hold_seconds=self.plan.late_hold_seconds, created_at=created_at,
+                                       delete_count=1)
+        finally:
+            handle.dispose()
+        [inserted], deleted = injection.details["ids"], injection.details["deleted_ids"]
+        self.say(f"committed: row {inserted} in, row(s) {', '.join(map(str, deleted))} out: the row count did not move")
+        rows = Student.objects.filter(source=source)
+        seconds = self.wait_for(
+            lambda: rows.filter(source_row_id=inserted).exists() and not rows.filter(source_row_id__in=deleted).exists(),
+            timeout=self.plan.step_timeout_seconds, what=f"the insert and the delete of {source.code} applied")
+        self.say(f"the pipeline loaded the inserted row and removed the deleted one {seconds:.1f} s after the commit")
+
+    # --- 9. the newest row deleted ---
+    def delete_newest(self, source: Source) -> None:
+        from metrics.selectors import country_document
+
+        def published() -> int | None:
+            document = country_document(source.code)
+            return document["statistics"]["n_students"] if document else None
+
+        handle = self._open(source)
+        try:
+            with handle.engine.connect() as connection:
+                newest = connection.execute(sa.select(sa.func.max(handle.table.c.id))).scalar()
+            before = published()
+            injection_delete(handle=handle, count=0, ids=[newest])
+        finally:
+            handle.dispose()
+        self.say(f"deleted row {newest}, the newest of {source.code}; {before} students published")
+        lowest = before
+        gone = Student.objects.filter(source=source, source_row_id=newest)
+        watch_until = None
+        deadline = time.monotonic() + self.plan.step_timeout_seconds
+        while time.monotonic() < deadline:
+            now_published = published()
+            if now_published is not None and lowest is not None:
+                lowest = min(lowest, now_published)
+            if watch_until is None and not gone.exists():
+                watch_until = time.monotonic() + WATCH_SECONDS
+            if watch_until is not None and time.monotonic() > watch_until:
+                break
+            time.sleep(POLL_SECONDS / 2)
+        if watch_until is None:
+            raise StepFailed(f"row {newest} of {source.code} still in the warehouse after "
+                             f"{self.plan.step_timeout_seconds:g} s")
+        if before is not None and lowest is not None and lowest < before - 1:
+            raise StepFailed(f"the published figures of {source.code} went down to {lowest} students (from {before}): "
+                             "readers saw a partly loaded country")
+        self.say(f"the row left the warehouse; the published count never went below {lowest} (from {before})")
 
     # --- settling and proof ---
     def settle(self, _source) -> None:
@@ -747,6 +828,14 @@ class ChaosRun:
             raise StepFailed(f"{len(self.report.metrics_differences)} country state(s) differ from a rebuild")
         self.say(f"metrics rebuild --verify: the incremental state of all {len(countries)} countries matches a "
                  "rebuild from the warehouse")
+
+
+def _api_answer(path: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET of the API, in this process (its settings are the stack's)."""
+    from django.test import Client
+
+    response = Client(raise_request_exception=False, HTTP_HOST="localhost").get(path)
+    return response.status_code, response.get("Content-Type", ""), response.content.decode(errors="replace")
 
 
 def _summary(verification: Verification) -> str:

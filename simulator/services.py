@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import random
 import time
@@ -288,21 +289,28 @@ def source_outage_end(*, source: Source) -> None:
 def injection_late(
     *, handle: SourceHandle, factory: StudentFactory, specs: list[VariableSpec], count: int,
     hold_seconds: float = LATE_HOLD_SECONDS, on_held: Callable[[], None] | None = None,
+    created_at: dt.datetime | None = None, delete_count: int = 0,
 ) -> Injection:
     """Late arrival: rows inserted at the start of a long transaction (ids from the sequence then, created_at = its
-    start) and committed `hold_seconds` later, after newer rows with higher ids committed meanwhile.
+    start, or `created_at`) and committed `hold_seconds` later, after newer rows with higher ids committed meanwhile.
+    With `delete_count`, the same transaction also deletes that many existing rows: inserts and deletes that cancel
+    out in a row count.
 
     PostgreSQL only: elsewhere a writer holding a transaction blocks the others, so nothing could overtake it.
     """
     if handle.engine.dialect.name != "postgresql":
         raise ValueError("a late arrival needs concurrent writers: PostgreSQL sources only")
     rows = _styled(factory.students(handle.code, count), handle, TextStyle(specs))
+    deleted = [row["id"] for row in _random_rows(handle, delete_count, [])] if delete_count else []
     connection = handle.engine.raw_connection()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT now()")
             started_at = cursor.fetchone()[0]
-            ids = _copy_rows(cursor, handle.table, rows, None, handle.engine.dialect)
+            ids = _copy_rows(cursor, handle.table, rows, created_at, handle.engine.dialect)
+            if deleted:
+                quoted = handle.engine.dialect.identifier_preparer.format_table(handle.table)
+                cursor.execute(f"DELETE FROM {quoted} WHERE id = ANY(%s)", (deleted,))
             if on_held is not None:
                 on_held()
             time.sleep(hold_seconds)
@@ -318,8 +326,9 @@ def injection_late(
     finally:
         connection.close()
     return Injection.objects.create(source_code=handle.code, kind=Injection.Kind.LATE, details={
-        "ids": ids, "cntstuids": [int(row["cntstuid"]) for row in rows], "created_at": started_at.isoformat(),
-        "hold_seconds": hold_seconds, "committed_after_ids": overtaken_by,
+        "ids": ids, "cntstuids": [int(row["cntstuid"]) for row in rows],
+        "created_at": (created_at or started_at).isoformat(), "hold_seconds": hold_seconds,
+        "committed_after_ids": overtaken_by, "deleted_ids": deleted,
     })
 
 
@@ -389,7 +398,12 @@ def injection_delete(*, handle: SourceHandle, count: int, ids: Sequence[int] = (
     })
 
 
-BAD_ROW_PROBLEMS = ("text_in_numeric", "out_of_range_code", "duplicate_cntstuid", "null_keys")
+BAD_ROW_PROBLEMS = ("text_in_numeric", "out_of_range_code", "duplicate_cntstuid", "null_keys", "negative_weight",
+                    "huge_weight", "absurd_scores")
+# Hostile values that are well-formed numbers: only the plausibility rules (ingestion/plausibility.py) refuse them.
+HOSTILE_VALUES = {"negative_weight": {"w_fstuwt": -5},
+                  "huge_weight": {"w_fstuwt": 1e12},
+                  "absurd_scores": {f"pv{m}math": 1e9 for m in range(1, 11)}}
 
 
 def _spoiled(row: dict, problem: str, existing_cntstuid) -> tuple[dict, dict]:
@@ -404,6 +418,10 @@ def _spoiled(row: dict, problem: str, existing_cntstuid) -> tuple[dict, dict]:
     if problem == "duplicate_cntstuid":
         row["cntstuid"] = existing_cntstuid
         return row, {"column": "cntstuid", "value": _as_json(existing_cntstuid)}
+    if problem in HOSTILE_VALUES:
+        values = HOSTILE_VALUES[problem]
+        row.update({column: (repr(value) if isinstance(row[column], str) else value) for column, value in values.items()})
+        return row, {"columns": sorted(values), "value": next(iter(values.values()))}
     for column in KEY_COLUMNS:
         row[column] = None
     return row, {"columns": list(KEY_COLUMNS), "value": None}

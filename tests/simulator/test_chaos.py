@@ -17,7 +17,7 @@ import psutil
 import pytest
 from django.conf import settings
 
-from ingestion.models import Source, SourceState
+from ingestion.models import QuarantinedRow, Source, SourceState, Student
 from ingestion.verification import sources_to_verify, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site.celery import STACK_DUMP_SIGNAL
@@ -35,7 +35,7 @@ TEXT_STYLE_SOURCE = "ARG"
 STARTUP_TIMEOUT = 120
 CHAOS_TIMEOUT = 600
 STEPS = ("kill-worker", "restart-redis", "source-outage", "empty-source", "bad-rows", "late-transaction",
-         "update-delete", "settle", "verify", "metrics-verify")
+         "update-delete", "late-insert-delete", "delete-newest", "settle", "verify", "metrics-verify")
 
 
 @pytest.fixture
@@ -211,7 +211,18 @@ def test_the_quick_chaos_scenario_loses_duplicates_and_changes_nothing(chaos_sta
     bad = Injection.objects.get(kind="bad")
     assert bad.source_code == TEXT_STYLE_SOURCE
     assert {row["problem"] for row in bad.details["rows"]} == {"text_in_numeric", "out_of_range_code",
-                                                               "duplicate_cntstuid", "null_keys"}
+                                                               "duplicate_cntstuid", "null_keys", "negative_weight",
+                                                               "huge_weight", "absurd_scores"}
+    # The hostile values were refused at the door, each with its plausibility reason, and froze no country.
+    reasons = " ".join(" ".join(row.reasons) for row in QuarantinedRow.objects.filter(source__code=TEXT_STYLE_SOURCE))
+    assert "W_FSTUWT: -5 is not a plausible final weight" in reasons and "PV1MATH: 1e+09" in reasons
+    assert not SourceState.objects.exclude(figures_error="").exists()
+    # While Redis was down the API answered JSON, and the late insert and delete that cancel in a count were seen.
+    assert "answered 503 JSON" in lines["restart-redis"]
+    assert "loaded the inserted row and removed the deleted one" in lines["late-insert-delete"]
+    late = Injection.objects.filter(kind="late").exclude(details__deleted_ids=[]).get()
+    assert not Student.objects.filter(source_row_id__in=late.details["deleted_ids"],
+                                      source__code=late.source_code).exists()
 
     # The proof, once more from this process, with the simulator stopped (it resumed after the scenario, so the
     # newest rows may be on their way): the warehouse equals the sources and the metrics equal a rebuild.

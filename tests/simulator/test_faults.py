@@ -101,11 +101,12 @@ def test_bad_rows_carry_the_logged_problems(provision, make_factory, specs, styl
     handle = provision(factory=make_factory(), style=style)
     latest_cntstuid = stored_rows(handle)[-1]["cntstuid"]
 
-    injection = injection_bad_rows(handle=handle, factory=make_factory(seed=99), specs=specs, count=8)
+    injection = injection_bad_rows(handle=handle, factory=make_factory(seed=99), specs=specs, count=14)
 
     rows = {row["id"]: row for row in stored_rows(handle, injection.details["ids"])}
     problems = {entry["problem"] for entry in injection.details["rows"]}
-    expected = {"out_of_range_code", "duplicate_cntstuid", "null_keys"}
+    expected = {"out_of_range_code", "duplicate_cntstuid", "null_keys", "negative_weight", "huge_weight",
+                "absurd_scores"}
     if style == "text":
         expected.add("text_in_numeric")
     assert problems == expected
@@ -117,6 +118,12 @@ def test_bad_rows_carry_the_logged_problems(provision, make_factory, specs, styl
             assert float(row["st004d01t"]) == 3
         elif entry["problem"] == "duplicate_cntstuid":
             assert row["cntstuid"] == latest_cntstuid
+        elif entry["problem"] == "negative_weight":
+            assert float(row["w_fstuwt"]) == -5
+        elif entry["problem"] == "huge_weight":
+            assert float(row["w_fstuwt"]) == 1e12
+        elif entry["problem"] == "absurd_scores":
+            assert {float(row[f"pv{m}math"]) for m in range(1, 11)} == {1e9}
         else:
             assert row["cnt"] is None and row["cntryid"] is None and row["cntstuid"] is None
 
