@@ -387,8 +387,7 @@ class FreshnessObserver:
 
 def warehouse_reset() -> None:
     """Back to the state of a first deployment with the sources registered: no student, change, quarantined row,
-    source state or metrics state, and empty Redis databases (locks, due marks, queued tasks, published metrics).
-    (ingestion.pipeline.source_forget would keep each source's counters and log a -1 change per row instead.)"""
+    source state or metrics state, and empty Redis databases (locks, due marks, queued tasks, published metrics)."""
     import redis
     from django.conf import settings
     from django.db import connection

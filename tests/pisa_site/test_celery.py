@@ -43,12 +43,15 @@ def test_delivery_guarantees_are_at_least_once():
     assert conf.worker_send_task_events and conf.task_send_sent_event
 
 
-def test_project_tasks_are_routed_to_the_ingestion_or_metrics_queue():
+def test_project_tasks_are_routed_to_their_app_queue_and_heavy_reads_to_the_analysis_queue():
+    app.loader.import_default_modules()  # the apps' tasks modules, as a worker imports them at start
     router = app.amqp.router
     project_tasks = [name for name in app.tasks if name.split(".")[0] in {"ingestion", "metrics"}]
+    assert {"ingestion.sync_source", "metrics.refresh_country", "metrics.distribution_country"} <= set(project_tasks)
     for name in project_tasks:
         queue = router.route({}, name)["queue"].name
-        assert queue == name.split(".")[0], name
+        expected = "analysis" if name.startswith("metrics.distribution_") else name.split(".")[0]
+        assert queue == expected, name
 
 
 @pytest.mark.django_db(transaction=True)
