@@ -109,10 +109,12 @@ def _locked_state_with_changes(country: str) -> tuple[CountryMetricsState, Count
     return row, state, changes, newest_change
 
 
-def _published_version(row: CountryMetricsState) -> str:
-    """What the API's ETags are made of: the change-log position, and which percentiles the document carries."""
+def _published_version(row: CountryMetricsState, document: dict) -> str:
+    """What the API's ETags are made of: the change-log position, which percentiles the document carries, and since
+    when it is stale, if it is (the same figures, marked stale, are a new answer)."""
     stamp = int(row.percentiles_at.timestamp() * 1_000_000) if row.percentiles_at else 0
-    return f"{row.last_change_id}.{stamp}"
+    stale = document["freshness"]["stale"]
+    return f"{row.last_change_id}.{stamp}" + (f".stale-{stale['since']}" if stale else "")
 
 
 def _percentiles_store(row: CountryMetricsState, percentiles: dict | None, covered: int, *, save: bool = True) -> None:
@@ -125,8 +127,8 @@ def _percentiles_store(row: CountryMetricsState, percentiles: dict | None, cover
 def _document_publish(row: CountryMetricsState, state: CountryState) -> None:
     """Publish the country's document from this state and the row's percentiles. Called under the row's lock, so that
     documents go out in the order their states were saved."""
-    cache.country_document_publish(country=row.country, version=_published_version(row),
-                                   document=_document(row.country, state, row.percentiles, row.last_change_id))
+    document = _document(row.country, state, row.percentiles, row.last_change_id)
+    cache.country_document_publish(country=row.country, version=_published_version(row, document), document=document)
 
 
 def _percentiles_due(row: CountryMetricsState) -> bool:

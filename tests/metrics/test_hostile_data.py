@@ -37,6 +37,7 @@ def test_a_country_whose_refresh_fails_keeps_its_last_good_figures_marked_stale_
     country_metrics_refresh(country="COL")
     good = published("COL")
     assert good["statistics"]["n_students"] == 5 and good["freshness"]["stale"] is None
+    etag = client.get("/api/v1/metrics/?countries=COL")["ETag"]
 
     [bad] = col.insert([col.student(w_fstuwt=-5)])
     source_sync(source_id=col.source.pk)
@@ -46,6 +47,10 @@ def test_a_country_whose_refresh_fails_keeps_its_last_good_figures_marked_stale_
     assert "weights must be finite and non-negative" in result.error
     stale = published("COL")
     assert stale["statistics"] == good["statistics"]  # the last good figures, not a half-folded state
+    cache.versions_forget()
+    polled = client.get("/api/v1/metrics/?countries=COL", HTTP_IF_NONE_MATCH=etag)
+    assert polled.status_code == 200  # a dashboard polling with its ETag learns that they are stale
+    assert polled.json()["by_country"]["COL"]["freshness"]["stale"]["reason"] == stale["freshness"]["stale"]["reason"]
     assert "weights must be finite and non-negative" in stale["freshness"]["stale"]["reason"]
     rendered_statuses_forget()
     [status] = [s for s in client.get("/api/v1/sources/").json() if s["code"] == "COL"]
