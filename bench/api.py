@@ -93,7 +93,7 @@ def main() -> None:
     quick = parser.parse_args().quick
     seconds, rounds, students = (1.5, 4, 200) if quick else (3, 10, 2_000)
     with bench_environment():
-        from pisa_site.embedded import _free_port
+        from pisa_site.embedded import free_port
         from ingestion.models import Source
         from metrics.services import country_metrics_rebuild
 
@@ -102,7 +102,7 @@ def main() -> None:
             source = Source.objects.create(code=country, name=country, url="postgresql+psycopg2://bench@/none")
             add_students(source, country, students, rng, 1 + k * students, log_changes=False)
             country_metrics_rebuild(country=country)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "bench.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
              str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--log-level", "warning"],

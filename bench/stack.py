@@ -73,12 +73,6 @@ def procfile_commands() -> dict[str, str]:
     return commands
 
 
-def _free_port() -> int:
-    from pisa_site.embedded import _free_port
-
-    return _free_port()
-
-
 def get_json(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.load(response)
@@ -204,7 +198,9 @@ class Stack(Processes):
     def __enter__(self):
         super().__enter__()
         try:
-            self.port = _free_port()
+            from pisa_site.embedded import free_port
+
+            self.port = free_port()
             self.api_url = f"http://127.0.0.1:{self.port}"
             self.env = child_environment(PORT=str(self.port), **self.overrides)
             commands = procfile_commands()

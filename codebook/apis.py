@@ -6,23 +6,23 @@ until a label changes, and the new label the moment it does (nothing is cached s
 
 from __future__ import annotations
 
-import hashlib
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from codebook.catalogue import Kind, Section
 from codebook.decoding import missing_reason_of
 from codebook.models import ValueLabel, Variable
 from codebook.selectors import labels_version, variable_get, variable_list
-from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, error,
-                           query_problem)
+from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
+                           not_modified_or, query_check)
+from pisa_site.errors import BadInput
+from pisa_site.errors import NotFound as DomainNotFound
+from pisa_site.etags import strong_etag
 
 
 def json_code(value_label: ValueLabel) -> int | float | str:
@@ -83,8 +83,7 @@ class VariablePageSerializer(serializers.Serializer):
 
 def labels_etag(request: Request) -> str:
     """Changes with the labels version and with the request (path and query)."""
-    digest = hashlib.sha1(request.get_full_path().encode()).hexdigest()[:16]
-    return f'"codebook-{labels_version()}-{digest}"'
+    return strong_etag(f"codebook|{labels_version()}|{request.get_full_path()}")
 
 
 def field_errors(errors: dict) -> str:
@@ -95,20 +94,7 @@ def field_errors(errors: dict) -> str:
 BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
 
 
-def not_modified_or(request: Request, build) -> Response:
-    etag = labels_etag(request)
-    if request.headers.get("If-None-Match") == etag:
-        response = Response(status=status.HTTP_304_NOT_MODIFIED)
-    else:
-        response = build()
-    response["ETag"] = etag
-    response["Cache-Control"] = "no-cache"  # clients may keep it, but must revalidate: labels change live
-    return response
-
-
-class VariableListApi(APIView):
-    authentication_classes: list = []  # read-only and public: no session or CSRF work
-    permission_classes = [AllowAny]
+class VariableListApi(PublicApi):
 
     class FilterSerializer(serializers.Serializer):
         search = serializers.CharField(required=False, allow_blank=True, max_length=100)
@@ -127,11 +113,10 @@ class VariableListApi(APIView):
         summary="PISA variables in codebook order; search matches name or label",
     )
     def get(self, request: Request) -> Response:
-        if problem := query_problem(request.query_params, self.PARAMETERS):
-            return error(problem)
+        query_check(request.query_params, self.PARAMETERS)
         filters = self.FilterSerializer(data=request.query_params)
         if not filters.is_valid():
-            return error(field_errors(filters.errors))
+            raise BadInput(field_errors(filters.errors))
         criteria = {name: value for name, value in filters.validated_data.items() if name != "page"}
 
         def build() -> Response:
@@ -139,24 +124,22 @@ class VariableListApi(APIView):
             try:
                 page = paginator.paginate_queryset(variable_list(**criteria), request, view=self)
             except NotFound:
-                return error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
+                raise DomainNotFound(f"page {filters.validated_data['page']} is past the last page") from None
             return paginator.get_paginated_response(VariableOutputSerializer(page, many=True).data)
 
-        return not_modified_or(request, build)
+        return not_modified_or(request, labels_etag(request), build)
 
 
-class VariableDetailApi(APIView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
+class VariableDetailApi(PublicApi):
 
     @extend_schema(parameters=[IF_NONE_MATCH, *ETAG_HEADERS],
                    responses={200: VariableDetailOutputSerializer, 304: NOT_MODIFIED, 400: BAD_REQUEST,
                               404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")},
                    summary="One PISA variable with its value labels")
     def get(self, request: Request, name: str) -> Response:
-        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
-            return error(problem)
+        query_check(request.query_params, DRF_QUERY_PARAMETERS)
         variable = variable_get(name=name)
         if variable is None:
-            return error(f"no variable {name[:60]!r} in the codebook", status.HTTP_404_NOT_FOUND)
-        return not_modified_or(request, lambda: Response(VariableDetailOutputSerializer(variable).data))
+            raise DomainNotFound(f"no variable {name[:60]!r} in the codebook")
+        return not_modified_or(request, labels_etag(request),
+                               lambda: Response(VariableDetailOutputSerializer(variable).data))

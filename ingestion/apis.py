@@ -8,7 +8,6 @@ A status is therefore at most that much older than the warehouse's, on top of th
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.renderers import JSONRenderer
@@ -24,11 +23,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ingestion.layout import raw_values
-from ingestion.selectors import (QuarantinedRowNotFoundError, quarantined_row_get, quarantined_row_list, source_get,
+from ingestion.selectors import (quarantined_row_get, quarantined_row_list, source_get,
                                  source_statuses)
 from ingestion.services import SourceNotFoundError
 from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
-                           StaffApi, bad_request, cached_json, error, fast_path, method_not_allowed, query_problem)
+                           StaffApi, cached_json, fast_path, method_not_allowed, query_check)
+from pisa_site.errors import BadInput
+from pisa_site.errors import NotFound as DomainNotFound
+from pisa_site.etags import strong_etag
 
 
 class SourceStatusSerializer(serializers.Serializer):
@@ -81,7 +83,7 @@ def _render_if_expired() -> RenderedStatuses:
         return _rendered
     read_at = time.monotonic()
     body = JSONRenderer().render(SourceStatusSerializer(source_statuses(), many=True).data)
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    etag = strong_etag(body)
     _rendered = RenderedStatuses(body=body, etag=etag, expires_at=read_at + settings.INGEST_STATUS_CACHE_SECONDS)
     return _rendered
 
@@ -92,8 +94,8 @@ def rendered_statuses_forget() -> None:
 
 
 def _statuses(request):
-    if request.GET and (problem := query_problem(request.GET, ())):
-        return bad_request(problem)
+    if request.GET:
+        query_check(request.GET, ())
     rendered = rendered_statuses()
     return cached_json(request, rendered.etag, rendered.body)
 
@@ -155,11 +157,11 @@ QUARANTINE_ERRORS = {
 }
 
 
-def _source_or_404(code: str):
+def _source(code: str):
     try:
-        return source_get(code=code), None
+        return source_get(code=code)
     except SourceNotFoundError:
-        return None, error(f"no source with code {code[:60]!r}", status.HTTP_404_NOT_FOUND)
+        raise DomainNotFound(f"no source with code {code[:60]!r}") from None
 
 
 class QuarantinedRowListApi(StaffApi):
@@ -184,19 +186,16 @@ class QuarantinedRowListApi(StaffApi):
         summary="A source's quarantined rows, in source order, with every reason (staff)",
     )
     def get(self, request: Request, code: str) -> Response:
-        if problem := query_problem(request.query_params, self.PARAMETERS):
-            return error(problem, status.HTTP_400_BAD_REQUEST)
+        query_check(request.query_params, self.PARAMETERS)
         filters = self.FilterSerializer(data=request.query_params)
         if not filters.is_valid():
-            return error("page: " + " ".join(str(m) for m in filters.errors["page"]), status.HTTP_400_BAD_REQUEST)
-        source, missing = _source_or_404(code)
-        if missing:
-            return missing
+            raise BadInput("page: " + " ".join(str(m) for m in filters.errors["page"]))
+        source = _source(code)
         paginator = QuarantinePagination()
         try:
             page = paginator.paginate_queryset(quarantined_row_list(source=source), request, view=self)
         except NotFound:
-            return error(f"page {filters.validated_data['page']} is past the last page", status.HTTP_404_NOT_FOUND)
+            raise DomainNotFound(f"page {filters.validated_data['page']} is past the last page") from None
         return paginator.get_paginated_response(QuarantinedRowSerializer(page, many=True).data)
 
 
@@ -217,17 +216,11 @@ class QuarantinedRowDetailApi(StaffApi):
         summary="One quarantined row with its reasons and all 1,118 values (staff)",
     )
     def get(self, request: Request, code: str, source_row_id: str) -> Response:
-        if problem := query_problem(request.query_params, DRF_QUERY_PARAMETERS):
-            return error(problem, status.HTTP_400_BAD_REQUEST)
-        source, missing = _source_or_404(code)
-        if missing:
-            return missing
+        query_check(request.query_params, DRF_QUERY_PARAMETERS)
+        source = _source(code)
         # Not a number, or beyond bigint (PostgreSQL would refuse to compare with it): no such row.
         if not (source_row_id.isascii() and source_row_id.isdigit()) or int(source_row_id) > BIGINT_MAX:
-            return error(f"row {source_row_id[:60]!r} of {source.code} is not in quarantine: ids are whole numbers",
-                          status.HTTP_404_NOT_FOUND)
-        try:
-            row = quarantined_row_get(source=source, source_row_id=int(source_row_id))
-        except QuarantinedRowNotFoundError as exc:
-            return error(str(exc), status.HTTP_404_NOT_FOUND)
+            raise DomainNotFound(f"row {source_row_id[:60]!r} of {source.code} is not in quarantine: ids are whole "
+                                 "numbers")
+        row = quarantined_row_get(source=source, source_row_id=int(source_row_id))
         return Response(QuarantinedRowDetailSerializer(row).data)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from codebook.catalogue import VariableSpec
 from ingestion.models import Source
-from ingestion.source_urls import SourceUrlError, source_url_parse, text_redacted
+from ingestion.source_urls import SourceUrlError, source_url_parse, text_redacted, with_installed_driver
 
 # Source connections are few and long-lived per worker process; pre-ping drops those a source restart killed.
 ENGINE_POOL_SIZE = 2
@@ -39,14 +39,6 @@ class SourceUnavailable(RuntimeError):
     """The source could not be read (down, unreachable, table missing); the message says why, without password."""
 
 
-def _with_installed_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project ships psycopg2 (whose COPY it uses)."""
-    parsed = sa.make_url(url)
-    if parsed.drivername == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
-
-
 def source_engine(url: str) -> sa.Engine:
     """The pooled engine of a source URL; SourceUnavailable (never quoting the password) when it cannot be used."""
     with _engines_lock:
@@ -54,7 +46,7 @@ def source_engine(url: str) -> sa.Engine:
         if engine is None:
             try:
                 source_url_parse(url)
-                driver_url = _with_installed_driver(url)
+                driver_url = with_installed_driver(sa.make_url(url)).render_as_string(hide_password=False)
                 options: dict = {"pool_pre_ping": True}
                 if driver_url.startswith("postgresql"):
                     options.update(pool_size=ENGINE_POOL_SIZE, max_overflow=2,

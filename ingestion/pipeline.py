@@ -49,9 +49,9 @@ logger = logging.getLogger(__name__)
 # flat, well under 300 MB), while still large enough to amortise the per-batch costs.
 BATCH_ROWS = 1000
 # How far before the bookmark each run looks for rows committed late by long transactions.
-LOOKBACK = dt.timedelta(seconds=getattr(settings, "INGEST_LOOKBACK_SECONDS", 30))
-RECONCILE_SECONDS = getattr(settings, "INGEST_RECONCILE_SECONDS", 60)
-RECONCILE_MAX_SECONDS = getattr(settings, "INGEST_RECONCILE_MAX_SECONDS", 3600)
+LOOKBACK = dt.timedelta(seconds=settings.INGEST_LOOKBACK_SECONDS)
+RECONCILE_SECONDS = settings.INGEST_RECONCILE_SECONDS
+RECONCILE_MAX_SECONDS = settings.INGEST_RECONCILE_MAX_SECONDS
 # Rows per id range when re-reading a source to find updated rows.
 RECONCILE_RANGE = 5000
 # Ids per range when the ids of source and warehouse are compared range by range (a 100,000-row source has ~25).
@@ -128,9 +128,9 @@ def _load_lines(source: Source, state: SourceState, lines: list[bytes], result: 
 
 
 def _refresh_metrics_after_commit(country: str) -> None:
-    from ingestion.followup import metrics_refresh_request
+    from ingestion.warehouse import country_changed
 
-    transaction.on_commit(lambda: metrics_refresh_request(country=country))
+    transaction.on_commit(lambda: country_changed.send(sender=Source, country=country))
 
 
 def _in_batches(ids: list[int]) -> Iterable[list[int]]:

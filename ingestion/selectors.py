@@ -7,9 +7,10 @@ from django.utils import timezone
 
 from ingestion.models import QuarantinedRow, Source, SourceState
 from ingestion.services import SourceNotFoundError
+from pisa_site.errors import NotFound
 
 
-class QuarantinedRowNotFoundError(LookupError):
+class QuarantinedRowNotFoundError(NotFound):
     pass
 
 

@@ -8,9 +8,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from ingestion.models import Source, SourceState
+from pisa_site.errors import NotFound
 
 
-class SourceNotFoundError(LookupError):
+class SourceNotFoundError(NotFound):
     pass
 
 

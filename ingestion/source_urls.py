@@ -110,3 +110,9 @@ def url_with_kept_password(new_url: str, stored_url: str) -> str:
             raise refusal
         new = new.update_query_dict({key: stored.query[key]})
     return new.render_as_string(hide_password=False)
+
+
+def with_installed_driver(url):
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project installs psycopg2 (whose COPY it uses).
+    `url`: a sqlalchemy URL; returns one."""
+    return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from ingestion import extract
-from ingestion.locks import claim_interval, clear_queued, held_by, is_locked, mark_queued, redis_lock
+from pisa_site.locks import claim_interval, clear_queued, held_by, is_locked, mark_queued, redis_lock
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
 
@@ -23,9 +23,9 @@ SYNC_TIME_LIMIT = 90
 # A sync stops loading after the batch that crosses this and the fan-out's next sync carries on: far from the soft
 # limit even on a slow machine, and a backfilling country hands its worker back to the other sources every few
 # seconds (the fan-out queues least recently synced sources first).
-SYNC_BUDGET_SECONDS = getattr(settings, "INGEST_SYNC_BUDGET_SECONDS", 10.0)
+SYNC_BUDGET_SECONDS = settings.INGEST_SYNC_BUDGET_SECONDS
 # Renewed after every batch (a batch takes about a second), so a dead worker frees its source within this time.
-SYNC_LOCK_SECONDS = getattr(settings, "INGEST_SYNC_LOCK_SECONDS", 30)
+SYNC_LOCK_SECONDS = settings.INGEST_SYNC_LOCK_SECONDS
 # A fan-out message older than this is dropped rather than run late: the next second sends a fresh one. Checked by
 # the task itself rather than by Celery's `expires`, which would also discard the redelivery of a sync whose worker
 # died, leaving its source locked until the lock expired.

@@ -262,3 +262,13 @@ def _compare(source: Source, digests: list[tuple[int, str]], ids: dict, result: 
             result.note("missing", row_id)
     for row_id in sorted((set(students) | set(quarantined) | set(superseded)) - set(in_source)):
         result.note("extra", row_id)
+
+
+def describe(result: SourceVerification) -> str:
+    """One line per source (and for the total), as the command and the chaos report print it."""
+    if result.error and result.code != "total":
+        return f"{result.code}: could not be read: {result.error}"
+    return (f"{result.code}: {result.source_rows:,} source rows: {result.loaded:,} loaded, "
+            f"{result.quarantined:,} quarantined, {result.superseded:,} superseded; "
+            + ", ".join(f"{getattr(result, kind):,} {kind}" for kind in PROBLEM_KINDS)
+            + (f" ({result.in_flight:,} in flight, matched within the settle time)" if result.in_flight else ""))

@@ -11,8 +11,9 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 
 from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
-from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, bad_request,
-                            cached_json, fast_path, method_not_allowed, query_problem)
+from pisa_site.errors import NotFound
+from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, cached_json,
+                           fast_path, method_not_allowed, query_check)
 
 COUNTRIES_PARAMETER = countries_parameter("Absent or empty: every country with data.")
 COUNTRIES_ONLY = frozenset({"countries"})
@@ -24,13 +25,10 @@ def _query(request) -> str:
 
 
 def _metrics(request) -> HttpResponse:
-    if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
-        return bad_request(problem)
-    try:
-        countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
-                                                with_labels=True)
-    except selectors.InvalidParameter as exc:
-        return bad_request(str(exc))
+    if request.GET:
+        query_check(request.GET, COUNTRIES_ONLY)
+    countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
+                                            with_labels=True)
     return cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
 
 
@@ -57,8 +55,7 @@ class CountryListApi(PublicApi):
                    responses={200: OpenApiResponse(ref("CountryList"), description="Countries with data"),
                               400: BAD_REQUEST})
     def get(self, request):
-        if problem := query_problem(request.GET, ()):
-            return bad_request(problem)
+        query_check(request.GET, ())
         return JsonResponse({"results": selectors.countries_overview()})
 
 
@@ -67,29 +64,22 @@ class CountryDetailApi(PublicApi):
                               400: BAD_REQUEST,
                               404: OpenApiResponse(ErrorSerializer, description="No data for that country")})
     def get(self, request, code: str):
-        if problem := query_problem(request.GET, ()):
-            return bad_request(problem)
+        query_check(request.GET, ())
         document = selectors.country_document(code.upper())
         if document is None:
-            return JsonResponse({"error": f"no data for country {code[:60]!r}"}, status=404)
+            raise NotFound(f"no data for country {code[:60]!r}")
         return JsonResponse(document)
 
 
 def _forage(request, chart: str) -> HttpResponse:
-    if request.GET and (problem := query_problem(request.GET, COUNTRIES_ONLY)):
-        return bad_request(problem)
+    if request.GET:
+        query_check(request.GET, COUNTRIES_ONLY)
     every_country = chart in selectors.FORAGE_ALL_COUNTRIES
     if every_country and (raw := request.GET.get("countries")):
-        try:  # checked like everywhere else, but these two charts are always over every country
-            selectors.countries_parse(raw)
-        except selectors.InvalidParameter as exc:
-            return bad_request(str(exc))
-    try:
-        countries, etag = selectors.view_lookup(
-            f"forage:{chart}", "" if every_country else _query(request),
-            lambda: None if every_country else request.GET.get("countries"), with_labels=False)
-    except selectors.InvalidParameter as exc:
-        return bad_request(str(exc))
+        selectors.countries_parse(raw)  # checked like everywhere else, but these two charts are over every country
+    countries, etag = selectors.view_lookup(
+        f"forage:{chart}", "" if every_country else _query(request),
+        lambda: None if every_country else request.GET.get("countries"), with_labels=False)
     return cached_json(request, etag, lambda: selectors.forage_bytes(chart, countries, etag))
 
 
@@ -147,16 +137,9 @@ class VariableDistributionApi(PublicApi):
                               202: COMPUTING, 304: NOT_MODIFIED, 400: BAD_REQUEST,
                               404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")})
     def get(self, request, name: str):
-        if problem := query_problem(request.GET, COUNTRIES_ONLY):
-            return bad_request(problem)
-        try:
-            countries = selectors.countries_parse(request.GET.get("countries"))
-        except selectors.InvalidParameter as exc:
-            return bad_request(str(exc))
-        try:
-            variable, entries, due = selectors.distribution_lookup(name, countries)
-        except selectors.UnknownVariable as exc:
-            return JsonResponse({"error": str(exc)}, status=404)
+        query_check(request.GET, COUNTRIES_ONLY)
+        countries = selectors.countries_parse(request.GET.get("countries"))
+        variable, entries, due = selectors.distribution_lookup(name, countries)
         if due:
             services.distributions_request(variable=variable["name"], countries=due)
         computing = [country for country in countries if country not in entries]

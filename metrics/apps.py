@@ -3,3 +3,9 @@ from django.apps import AppConfig
 
 class MetricsConfig(AppConfig):
     name = "metrics"
+
+    def ready(self) -> None:
+        from ingestion.warehouse import country_changed
+        from metrics.scheduling import country_changed_received
+
+        country_changed.connect(country_changed_received, dispatch_uid="metrics.refresh")

@@ -14,7 +14,6 @@ the publish. A publish or removal made by a process clears that process's snapsh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -25,6 +24,9 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.cache import cache
 
+from pisa_site.cache import redis_client
+from pisa_site.etags import strong_etag
+
 COUNTRY_DOCUMENT = "pisa:metrics:country:{}"
 COUNTRY_VERSION = "pisa:metrics:version:{}"
 COUNTRY_INDEX = "pisa:metrics:countries"
@@ -33,13 +35,9 @@ VIEW = "pisa:metrics:view:{}"
 VIEW_TTL_SECONDS = 120
 
 
-def _client():
-    return cache._cache.get_client(write=True)
-
-
 def country_document_publish(*, country: str, document: dict, version: str) -> None:
     body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-    pipe = _client().pipeline()
+    pipe = redis_client().pipeline()
     pipe.set(COUNTRY_DOCUMENT.format(country), body)
     pipe.set(COUNTRY_VERSION.format(country), version)
     pipe.sadd(COUNTRY_INDEX, country)
@@ -48,24 +46,20 @@ def country_document_publish(*, country: str, document: dict, version: str) -> N
 
 
 def country_document_remove(*, country: str) -> None:
-    _client().delete(COUNTRY_DOCUMENT.format(country), COUNTRY_VERSION.format(country))
-    _client().srem(COUNTRY_INDEX, country)
+    redis_client().delete(COUNTRY_DOCUMENT.format(country), COUNTRY_VERSION.format(country))
+    redis_client().srem(COUNTRY_INDEX, country)
     versions_forget()
 
 
 def published_countries() -> list[str]:
-    return sorted(code.decode() for code in _client().smembers(COUNTRY_INDEX))
+    return sorted(code.decode() for code in redis_client().smembers(COUNTRY_INDEX))
 
 
 def country_documents(countries: Sequence[str]) -> dict[str, dict]:
     if not countries:
         return {}
-    bodies = _client().mget([COUNTRY_DOCUMENT.format(c) for c in countries])
+    bodies = redis_client().mget([COUNTRY_DOCUMENT.format(c) for c in countries])
     return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
-
-
-def _etag(fingerprint: str) -> str:
-    return '"' + hashlib.blake2b(fingerprint.encode(), digest_size=12).hexdigest() + '"'
 
 
 def labels_version_key() -> str:
@@ -75,12 +69,11 @@ def labels_version_key() -> str:
 
 
 def etag_of(kind: str, countries: Sequence[str], versions: Sequence[bytes | None], *extra: object) -> str:
-    return _etag("|".join([kind, *countries, *(v.decode() if v else "-" for v in versions), *map(str, extra)]))
+    return strong_etag("|".join([kind, *countries, *(v.decode() if v else "-" for v in versions), *map(str, extra)]))
 
 
 # --- The hot path's versions: one snapshot per process, re-read at most every METRICS_VERSIONS_CACHE_SECONDS -------
 
-DEFAULT_VERSIONS_CACHE_SECONDS = 0.1
 # A snapshot remembers the (countries, ETag) it gave for each query it served, until its versions change; a bound on
 # how many, since queries are whatever clients send.
 VIEWS_PER_SNAPSHOT = 512
@@ -103,7 +96,7 @@ _snapshot_lock = threading.Lock()  # one thread re-reads; the others wait for it
 
 
 def versions_cache_seconds() -> float:
-    return float(getattr(settings, "METRICS_VERSIONS_CACHE_SECONDS", DEFAULT_VERSIONS_CACHE_SECONDS))
+    return float(settings.METRICS_VERSIONS_CACHE_SECONDS)
 
 
 def versions_snapshot() -> VersionsSnapshot:
@@ -122,7 +115,7 @@ def versions_snapshot() -> VersionsSnapshot:
 def _versions_read(previous: VersionsSnapshot | None) -> VersionsSnapshot:
     global _snapshot
     sent_at = time.monotonic()  # before the read: whatever was published before this moment is in the snapshot
-    client = _client()
+    client = redis_client()
     pipe = client.pipeline(transaction=False)
     pipe.smembers(COUNTRY_INDEX)
     pipe.get(labels_version_key())
@@ -148,7 +141,7 @@ def versions_forget() -> None:
 def view_etag(kind: str, countries: Sequence[str], *extra: object) -> str:
     """A strong ETag for a view of these countries: changes exactly when one of their documents (or `extra`, e.g.
     the codebook labels version) changes."""
-    versions = _client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
+    versions = redis_client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
     return etag_of(kind, countries, versions, *extra)
 
 
@@ -163,7 +156,7 @@ def view_bytes(etag: str, build: Callable[[], dict]) -> bytes:
     if body is not None:
         return body
     key = VIEW.format(etag.strip('"'))
-    client = _client()
+    client = redis_client()
     body = client.get(key)
     if body is None:
         body = json.dumps(build(), separators=(",", ":"), allow_nan=False).encode()
@@ -186,13 +179,13 @@ DISTRIBUTION_KEEP_SECONDS = 24 * 3600
 def distribution_entries(variable: str, countries: Sequence[str]) -> dict[str, dict]:
     if not countries:
         return {}
-    bodies = _client().mget([DISTRIBUTION.format(variable, c) for c in countries])
+    bodies = redis_client().mget([DISTRIBUTION.format(variable, c) for c in countries])
     return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
 
 
 def distribution_store(*, variable: str, country: str, entry: dict) -> None:
     body = json.dumps(entry, separators=(",", ":"), allow_nan=False)
-    pipe = _client().pipeline()
+    pipe = redis_client().pipeline()
     pipe.set(DISTRIBUTION.format(variable, country), body, ex=DISTRIBUTION_KEEP_SECONDS)
     pipe.delete(DISTRIBUTION_CLAIM.format(variable, country))
     pipe.execute()
@@ -200,8 +193,8 @@ def distribution_store(*, variable: str, country: str, entry: dict) -> None:
 
 def distribution_claim(*, variable: str, country: str, seconds: float) -> bool:
     """True for the first caller asking for this computation while none is queued or running (then it queues it)."""
-    return bool(_client().set(DISTRIBUTION_CLAIM.format(variable, country), 1, nx=True, ex=max(1, int(seconds))))
+    return bool(redis_client().set(DISTRIBUTION_CLAIM.format(variable, country), 1, nx=True, ex=max(1, int(seconds))))
 
 
 def country_versions(countries: Sequence[str]) -> list[bytes | None]:
-    return _client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
+    return redis_client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []

@@ -16,8 +16,8 @@ from django.db import connection
 
 from codebook.catalogue import Kind, VariableSpec
 from codebook.decoding import missing_reason_of
-from ingestion.layout import WEIGHTS, pisa_variables
-from ingestion.models import Student
+from ingestion.warehouse import WEIGHTS, Student, pisa_variables
+from pisa_site.errors import NotFound
 from metrics.estimators import Estimate, _flag_reason, replicate_estimate, weighted_quantiles
 
 # Text variables and unlabelled codes: at most this many distinct values are listed, the rest summed as "other".
@@ -25,7 +25,7 @@ MAX_CATEGORIES = 40
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-class UnknownVariable(LookupError):
+class UnknownVariable(NotFound):
     pass
 
 

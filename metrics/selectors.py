@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from django.utils import timezone
 
 from metrics import cache
+from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, UnknownVariable, variable_position
 from metrics.estimators import average_of_countries
 
@@ -20,7 +21,7 @@ DOMAIN_NAMES = {"READ": "Reading", "MATH": "Mathematics", "SCIE": "Science"}
 LABELLED_VARIABLES = ("ESCS", "TMINS", "DURECEC", "BELONG", "ST004D01T", "W_FSTUWT")
 
 
-class InvalidParameter(ValueError):
+class InvalidParameter(BadInput):
     """A query parameter the API refuses with 400 and this message."""
 
 

@@ -11,24 +11,21 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Sum
 from django.utils import timezone
 
-from ingestion.load import country_write_lock
-from ingestion.locks import redis_lock
-from ingestion.models import SourceState, Student
-from ingestion.selectors import country_reloading
-from ingestion.services import country_figures_status_set, country_students_recheck
+from ingestion.warehouse import (countries_with_students, country_figures_status_set, country_freshness,
+                                 country_reloading, country_students_recheck, country_write_lock)
 from metrics import cache
 from metrics.distribution import country_distribution, variable_position
 from metrics.estimators import country_statistics, score_percentiles
 from metrics.models import CountryMetricsState
 from metrics.sufficient import CountryState
 from metrics.warehouse import changes_after, country_scores, country_students, newest_change_id, prune_changes
+from pisa_site.locks import redis_lock
 
 logger = logging.getLogger(__name__)
 
-PERCENTILES_SECONDS = getattr(settings, "METRICS_PERCENTILES_SECONDS", 30)
+PERCENTILES_SECONDS = settings.METRICS_PERCENTILES_SECONDS
 # At most one percentile computation at a time in the whole deployment, and never under a country's write lock. Each
 # reads every student of its country (~0.3 s at PISA size); run inside the refresh, with every country due at about the
 # same moment, they took every metrics worker for seconds and the dashboards' counts waited behind them (bench.scale:
@@ -64,18 +61,6 @@ def _hours_of_day(state: CountryState) -> dict[str, int]:
     return counts
 
 
-def _freshness(country: str) -> dict:
-    states = SourceState.objects.filter(source__code=country)
-    aggregate = states.aggregate(newest=Max("newest_created_at"), rows=Sum("rows_loaded"),
-                                 quarantined=Sum("quarantined_count"), stale_since=Max("figures_stale_since"),
-                                 error=Max("figures_error"))
-    newest, stale_since = aggregate["newest"], aggregate["stale_since"]
-    return {"newest_created_at": newest.isoformat() if newest else None, "rows_loaded": aggregate["rows"] or 0,
-            "quarantined": aggregate["quarantined"] or 0,
-            # The figures are the last good ones: a refresh failed since then, for this reason (retried meanwhile).
-            "stale": {"since": stale_since.isoformat(), "reason": aggregate["error"]} if stale_since else None}
-
-
 def _document(country: str, state: CountryState, percentiles: dict | None, version: int) -> dict:
     from codebook.selectors import country_names
 
@@ -87,7 +72,7 @@ def _document(country: str, state: CountryState, percentiles: dict | None, versi
         "name": country_names().get(country, country),
         "version": version,
         "generated_at": timezone.now().isoformat(),
-        "freshness": _freshness(country),
+        "freshness": country_freshness(country),
         "submissions_by_hour_of_day": _hours_of_day(state),
         "statistics": statistics,
     }
@@ -299,6 +284,6 @@ def country_distribution_refresh(*, variable: str, country: str) -> dict:
 
 
 def countries_with_data() -> list[str]:
-    codes = set(Student.objects.values_list("country", flat=True).distinct())
+    codes = countries_with_students()
     codes.update(CountryMetricsState.objects.values_list("country", flat=True))
     return sorted(codes)

@@ -8,9 +8,8 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from ingestion.followup import metrics_refresh_request, pending_key
-from ingestion.locks import _client
-from ingestion.selectors import countries_with_stale_figures
+from ingestion.warehouse import countries_with_stale_figures
+from metrics.scheduling import refresh_request, refresh_started
 from metrics.services import PERCENTILES_SECONDS, country_distribution_refresh, country_metrics_refresh
 from metrics.warehouse import countries_with_changes_recorded_before, countries_with_percentiles_behind
 
@@ -21,8 +20,7 @@ REFRESH_TIME_LIMIT = 90
 @shared_task(name="metrics.refresh_country", ignore_result=True, acks_late=True,
              soft_time_limit=REFRESH_SOFT_TIME_LIMIT, time_limit=REFRESH_TIME_LIMIT)
 def refresh_country(country: str) -> dict:
-    # Clear the pending mark first: a load committing from now on queues a new refresh, which this one might miss.
-    _client().delete(pending_key(country))
+    refresh_started(country=country)  # first: a load committing from now on queues a new refresh
     result = country_metrics_refresh(country=country)
     return {"country": country, "changes": result.changes, "seconds": round(result.seconds, 3)}
 
@@ -39,7 +37,7 @@ def refresh_overdue() -> list[str]:
     overdue = set(countries_with_changes_recorded_before(now - dt.timedelta(seconds=settings.METRICS_OVERDUE_SECONDS)))
     overdue.update(countries_with_percentiles_behind(computed_before=now - dt.timedelta(seconds=PERCENTILES_SECONDS)))
     overdue.update(countries_with_stale_figures())  # a failed refresh is retried, so that a fixed row heals it
-    return [country for country in sorted(overdue) if metrics_refresh_request(country=country)]
+    return [country for country in sorted(overdue) if refresh_request(country=country)]
 
 
 DISTRIBUTION_SOFT_TIME_LIMIT = 90

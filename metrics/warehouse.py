@@ -14,8 +14,7 @@ import numpy as np
 from django.db import connection
 from django.db.models import F, Q
 
-from ingestion.layout import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS
-from ingestion.models import Source, Student, StudentChange
+from ingestion.warehouse import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS, Source, Student, StudentChange
 from metrics.sufficient import StudentBatch
 
 _N_WEIGHTS = len(WEIGHTS)

@@ -6,16 +6,20 @@ than being ignored (a misspelt `?contries=ALB` would otherwise silently answer f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 
 from django.http import HttpResponse, HttpResponseNotModified, JsonResponse, QueryDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from pisa_site.errors import BadInput, NotFound
 
 MAX_NAMES_SHOWN = 5
 MAX_NAME_LENGTH = 40
@@ -89,34 +93,59 @@ class StaffApi(APIView):
     permission_classes = [StaffPermission]
     required_permission = ""
 
-    def handle_exception(self, exc):
-        response = super().handle_exception(exc)
-        if isinstance(response.data, dict) and set(response.data) == {"detail"}:
-            response.data = {"error": str(response.data["detail"])}
-        return response
 
 
 def fast_path(api_class: type[APIView]):
     """Serve a polled endpoint with a plain Django view (fast path: no DRF request wrapping, content negotiation or
     permission checks, about 65 us a request) while `api_class`, whose `get` does the same, describes it in the
-    OpenAPI schema (drf-spectacular reads `cls` on the URL's callback)."""
+    OpenAPI schema (drf-spectacular reads `cls` on the URL's callback). Its refusals answer as a DRF view's do."""
 
     def decorate(function):
-        function.cls = api_class
-        function.initkwargs = {}
-        function.csrf_exempt = True
-        return function
+        @functools.wraps(function)
+        def view(request, *args, **kwargs):
+            try:
+                return function(request, *args, **kwargs)
+            except (BadInput, NotFound) as exc:
+                return refusal_response(exc)
+
+        view.cls = api_class
+        view.initkwargs = {}
+        view.csrf_exempt = True
+        return view
 
     return decorate
 
 
-def error(message: str, status_code: int = status.HTTP_400_BAD_REQUEST) -> Response:
-    """The API's error shape, from a DRF view (`bad_request` is the same from a plain Django view)."""
-    return Response({"error": message}, status=status_code)
+def refusal_response(exc: BadInput | NotFound) -> JsonResponse:
+    return JsonResponse({"error": str(exc)}, status=404 if isinstance(exc, NotFound) else 400)
 
 
-def bad_request(message: str) -> JsonResponse:
-    return JsonResponse({"error": message}, status=400)
+def exception_handler(exc, context):
+    """The one error path of the DRF views (settings.REST_FRAMEWORK): a domain refusal is a 400 or a 404, and DRF's own
+    errors (authentication, permissions, parsing) keep their status; every one answers `{"error": message}`."""
+    if isinstance(exc, (BadInput, NotFound)):
+        return refusal_response(exc)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        response.data = {"error": str(response.data["detail"])}
+    return response
+
+
+def query_check(query: QueryDict, allowed: Collection[str]) -> None:
+    """Raise BadInput when the API does not take these query parameters (see `query_problem`)."""
+    if problem := query_problem(query, allowed):
+        raise BadInput(problem)
+
+
+def not_modified_or(request, etag: str, build) -> Response:
+    """A DRF view's answer with an ETag: an empty 304 when the client holds `etag`, else `build()`."""
+    if request.headers.get("If-None-Match") == etag:
+        response = Response(status=304)
+    else:
+        response = build()
+    response["ETag"] = etag
+    response["Cache-Control"] = CACHE_CONTROL  # clients may keep it, but must revalidate
+    return response
 
 
 def method_not_allowed() -> JsonResponse:

@@ -25,3 +25,14 @@ class ReusingRedisCache(RedisCache):
     def __init__(self, server, params) -> None:
         super().__init__(server, params)
         self._class = _ReusingClient
+
+    def redis_client(self):
+        """The process's redis-py client of this cache (for commands the cache API has no word for)."""
+        return self._cache.get_client(write=True)
+
+
+def redis_client():
+    """The one Redis client of the product's own keys (locks, marks, published metrics): the default cache's."""
+    from django.core.cache import cache
+
+    return cache.redis_client()

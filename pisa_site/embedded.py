@@ -30,18 +30,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from pisa_site.home import pisa_home
+
 STARTUP_TIMEOUT_SECONDS = 30
 # Broker and cache share the embedded Redis but not a database number, so flushing the cache never drops tasks.
 CACHE_REDIS_DB = 0
 BROKER_REDIS_DB = 1
 
 
-def pisa_home() -> Path:
-    return Path(os.environ.get("PISA_HOME") or BASE_DIR / ".pisa").resolve()
-
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -57,12 +54,12 @@ def _remembered_port(path: Path) -> int:
     """The port this server was given the first time, so that stored URLs stay valid across restarts."""
     if path.exists():
         return int(path.read_text().strip())
-    port = _free_port()
+    port = free_port()
     path.write_text(f"{port}\n")
     return port
 
 
-def _known_port(path: Path) -> int | None:
+def known_port(path: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int(path.read_text().strip())
     return None
@@ -135,7 +132,7 @@ class EmbeddedPostgres:
         return None
 
     def is_running(self) -> bool:
-        port = _known_port(self.home / "postgres.port")
+        port = known_port(self.home / "postgres.port")
         return port is not None and self.pid() is not None and _port_answers(port)
 
     def start(self) -> None:
@@ -227,7 +224,7 @@ class EmbeddedRedis:
         return None
 
     def is_running(self) -> bool:
-        port = _known_port(self.home / "redis.port")
+        port = known_port(self.home / "redis.port")
         return port is not None and self.pid() is not None and _port_answers(port)
 
     def start(self) -> None:

@@ -9,9 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from pisa_site import embedded
-
-BASE_DIR = Path(__file__).resolve().parent.parent
+from pisa_site.home import BASE_DIR, pisa_home
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -33,14 +31,18 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}") from exc
 
 
-PISA_HOME = embedded.pisa_home()
+PISA_HOME = pisa_home()
 # Reference data (codebook, student sample, published means) shipped beside the checkout, never copied into it.
 PISA_SHARED_DIR = Path(os.environ.get("PISA_SHARED_DIR") or BASE_DIR.parent / "shared")
 PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or PISA_SHARED_DIR / "pisa2018" / "codebook.csv")
 
-# A management command or test run started outside `make run` finds embedded servers that are already up.
-for _name, _value in embedded.environment_for_running_services(PISA_HOME).items():
-    os.environ.setdefault(_name, _value)
+# A management command or test run started outside `make run` finds embedded servers that are already up. Only then
+# is the development launcher imported: a deployment gives both URLs.
+if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+    from pisa_site import embedded
+
+    for _name, _value in embedded.environment_for_running_services(PISA_HOME).items():
+        os.environ.setdefault(_name, _value)
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
@@ -225,6 +227,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "pisa_site.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PISA Live API",

@@ -53,7 +53,8 @@ from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceSta
 from ingestion.verification import Verification, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site import embedded
-from simulator.schema import table_style, with_installed_driver
+from ingestion.source_urls import with_installed_driver
+from simulator.schema import table_style
 from simulator.selectors import codebook_specs, simulator_control_get
 from simulator.services import (
     UPDATE_PV_DELTA, SourceHandle, injection_bad_rows, injection_delete, injection_late, injection_update,
@@ -258,7 +259,7 @@ def stack_find(*, broker_url: str | None = None) -> Stack:
 
 def _embedded_redis_port(home: Path) -> int | None:
     """The port an embedded Redis of that PISA_HOME was given, if it ever ran (EmbeddedRedis.port would pick one)."""
-    return embedded._known_port(home / "redis.port")
+    return embedded.known_port(home / "redis.port")
 
 
 def _cmdline_of(pid: int | None) -> list[str]:
@@ -839,7 +840,7 @@ def _api_answer(path: str) -> tuple[int, str, str]:
 
 
 def _summary(verification: Verification) -> str:
-    from ingestion.management.commands.verify import describe
+    from ingestion.verification import describe
 
     return "verify " + describe(verification.total)
 

@@ -16,6 +16,8 @@ from sqlalchemy.engine import URL, make_url
 
 from codebook.catalogue import VariableSpec
 
+from ingestion.source_urls import with_installed_driver
+
 STYLES = ("typed", "text")
 # Widths that still fit the integer types, so that a 1,120-column row stays far below PostgreSQL's 8 KB page:
 # 839 of the 1,118 variables are one- or two-digit codes (2 bytes each as smallint, 8 as float8).
@@ -56,11 +58,6 @@ def source_table(
 def table_style(table: Table) -> str:
     """Which style an existing (reflected) source table has: text if its country column is not a short varchar."""
     return "text" if isinstance(table.c.cntryid.type, (String, Text)) else "typed"
-
-
-def with_installed_driver(url: URL) -> URL:
-    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project installs psycopg2 (its COPY is used)."""
-    return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
 
 
 def server_url_of(database_url: str) -> URL:

@@ -23,7 +23,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from pisa_site.embedded import _free_port
+from pisa_site.embedded import free_port
 from tests.conftest import ROOT, shared_path, subprocess_env
 
 CHROMIUM = Path(os.environ.get("PISA_CHROMIUM", "/usr/bin/chromium"))
@@ -121,7 +121,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
             source.insert_students(INITIAL_STUDENTS)
         cnt_variable_id = Variable.objects.get(name="CNT").pk
 
-    port = _free_port()
+    port = free_port()
     bin_dir = os.path.dirname(sys.executable)
     env = subprocess_env(PORT=str(port), PISA_HOME=str(home), DEBUG="1", WEB_WORKERS="1", INGEST_CONCURRENCY="3",
                          METRICS_CONCURRENCY="2", LOG_LEVEL="WARNING", PATH=f"{bin_dir}:{os.environ['PATH']}")

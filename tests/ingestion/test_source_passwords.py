@@ -15,14 +15,14 @@ from ingestion.models import Source, SourceState
 from ingestion.pipeline import source_sync
 from ingestion.services import source_register
 from ingestion.tasks import sync_source
-from pisa_site.embedded import _free_port
+from pisa_site.embedded import free_port
 from tests.conftest import shared_path
 
 PASSWORD = "Tr0ub4dor-s3cret"
 
 
 def unreachable_url(password: str = PASSWORD, **parts: str) -> str:
-    host, port = parts.get("host", "127.0.0.1"), parts.get("port", str(_free_port()))
+    host, port = parts.get("host", "127.0.0.1"), parts.get("port", str(free_port()))
     return f"postgresql+psycopg2://{parts.get('user', 'reader')}:{password}@{host}:{port}/{parts.get('db', 'pisa_aut')}"
 
 

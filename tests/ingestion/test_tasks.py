@@ -48,7 +48,8 @@ def test_while_a_sync_waits_in_the_queue_the_fan_out_queues_no_second_one(source
 
 
 def test_a_sync_that_waited_too_long_drops_itself_unless_it_is_a_dead_workers_redelivery(source_db):
-    from ingestion.locks import _client, lock_key
+    from pisa_site.cache import redis_client
+    from pisa_site.locks import lock_key
 
     alb = source_db("ALB")
     alb.insert_students(2)
@@ -56,7 +57,7 @@ def test_a_sync_that_waited_too_long_drops_itself_unless_it_is_a_dead_workers_re
     stale = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB", "queued_at": long_ago}, task_id="t-1").get()
     assert "stale" in stale["skipped"] and loaded(alb.source) == 0
     # The worker running "t-2" died holding the source's lock; the redelivered message is as old, and runs at once.
-    _client().set(lock_key(f"source:{alb.source.pk}"), "t-2", px=30_000)
+    redis_client().set(lock_key(f"source:{alb.source.pk}"), "t-2", px=30_000)
     again = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB", "queued_at": long_ago}, task_id="t-2").get()
     assert again["loaded"] == 2 and loaded(alb.source) == 2
 
@@ -112,7 +113,7 @@ def test_a_load_triggers_one_metrics_refresh_after_commit_and_the_api_count_foll
 
 
 def test_a_source_is_due_again_on_the_next_tick_even_when_it_comes_a_little_early(source_db):
-    from ingestion.locks import clear_queued
+    from pisa_site.locks import clear_queued
 
     alb = source_db("ALB")
     alb.source.poll_interval_seconds = 1.0
@@ -124,18 +125,6 @@ def test_a_source_is_due_again_on_the_next_tick_even_when_it_comes_a_little_earl
 
     assert fan_out() == 1
 
-
-def test_refresh_requests_for_a_country_are_coalesced_while_one_is_pending():
-    import redis
-    from django.conf import settings
-
-    from ingestion.followup import metrics_refresh_request
-
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    broker.delete("metrics")
-    assert [metrics_refresh_request(country="ARG") for _ in range(3)] == [True, False, False]
-    assert metrics_refresh_request(country="AUS") is True
-    assert broker.llen("metrics") == 2  # one queued message per country, no matter how many loads asked
 
 
 def test_fan_out_queues_the_least_recently_synced_sources_first(source_db):

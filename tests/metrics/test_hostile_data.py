@@ -10,8 +10,8 @@ import pytest
 from ingestion import plausibility
 from ingestion.models import QuarantinedRow, SourceState, Student
 from ingestion.apis import rendered_statuses_forget
-from ingestion.followup import pending_key
-from ingestion.locks import _client
+from metrics.scheduling import pending_key
+from pisa_site.cache import redis_client
 from ingestion.pipeline import source_sync
 from metrics import cache
 from metrics.services import country_metrics_rebuild, country_metrics_refresh
@@ -58,7 +58,7 @@ def test_a_country_whose_refresh_fails_keeps_its_last_good_figures_marked_stale_
     health = client.get("/api/v1/health/")
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     assert "COL" in health.json()["figures"]["stale"]
-    _client().delete(pending_key("COL"))  # the refresh the sync queued has run
+    redis_client().delete(pending_key("COL"))  # the refresh the sync queued has run
     assert "COL" in refresh_overdue.run()  # the sweep retries it
 
     col.execute("DELETE FROM responses WHERE id = :id", id=bad)

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from ingestion.locks import redis_lock
+from pisa_site.locks import redis_lock
 from ingestion.models import SourceState
 from ingestion.pipeline import source_sync
 from metrics import cache

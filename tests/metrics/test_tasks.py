@@ -9,8 +9,8 @@ import pytest
 import redis
 from django.utils import timezone
 
-from ingestion.followup import pending_key
-from ingestion.locks import _client
+from metrics.scheduling import pending_key
+from pisa_site.cache import redis_client
 from ingestion.models import StudentChange
 from ingestion.pipeline import source_sync
 from metrics.tasks import refresh_overdue
@@ -33,7 +33,7 @@ def test_a_country_whose_refresh_message_was_lost_is_folded_by_the_overdue_sweep
     assert refresh_overdue() == []  # the changes are recent: their own request may still be on its way
     unfolded.update(recorded_at=timezone.now() - dt.timedelta(seconds=settings.METRICS_OVERDUE_SECONDS + 1))
     assert refresh_overdue() == []  # overdue, but the pending mark holds every request back...
-    _client().delete(pending_key("ALB"))  # ...until it expires (PENDING_TTL_SECONDS)
+    redis_client().delete(pending_key("ALB"))  # ...until it expires (PENDING_TTL_SECONDS)
     assert refresh_overdue() == ["ALB"]
     assert wait_until(lambda: not unfolded.exists())
     assert refresh_overdue() == []

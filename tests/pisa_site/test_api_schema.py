@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
 from metrics.services import country_metrics_refresh
-from pisa_site.embedded import _free_port
+from pisa_site.embedded import free_port
 from pisa_site.wsgi import application
 from tests.conftest import shared_path
 
@@ -58,7 +58,7 @@ def published(source_db, django_capture_on_commit_callbacks, django_user_model):
         country_metrics_refresh(country=code)
     dead = Source.objects.create(
         code="AUT", name="Austria (unreachable)",
-        url=f"postgresql+psycopg2://reader:{UNREACHABLE_PASSWORD}@127.0.0.1:{_free_port()}/pisa_aut")
+        url=f"postgresql+psycopg2://reader:{UNREACHABLE_PASSWORD}@127.0.0.1:{free_port()}/pisa_aut")
     source_sync(source_id=dead.pk)
     django_user_model.objects.create_superuser(STAFF_USER, password=STAFF_PASSWORD)
 

@@ -191,11 +191,11 @@ def test_the_web_healthcheck_asks_as_the_tls_proxy_would():
 def flower_as_composed(tmp_path):
     """Flower started with compose's own command line (its --basic-auth from a filled-in .env) on a free port,
     against the test broker."""
-    from pisa_site.embedded import _free_port
+    from pisa_site.embedded import free_port
     from tests.conftest import subprocess_env
 
     env = filled_env()
-    port = _free_port()
+    port = free_port()
     command = [{"--address=0.0.0.0": "--address=127.0.0.1", "--port=5555": f"--port={port}"}.get(arg, arg)
                for arg in interpolate(command_of("flower"), env)]
     assert command[:4] == ["celery", "-A", "pisa_site", "flower"] and f"--port={port}" in command

@@ -3,7 +3,7 @@
 import pytest
 from django.test import override_settings
 
-from pisa_site.embedded import _free_port
+from pisa_site.embedded import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -11,7 +11,7 @@ HEALTH_URL = "/api/v1/health/"
 
 
 def dead_redis_url() -> str:
-    return f"redis://127.0.0.1:{_free_port()}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def test_all_services_up_answers_200(client):

@@ -6,7 +6,7 @@ from django.db import connections
 from django.test import override_settings
 
 from metrics import cache as metrics_cache
-from pisa_site.embedded import _free_port
+from pisa_site.embedded import free_port
 
 POLLED = ["/api/v1/metrics/", "/api/forage/escs", "/api/forage/submissions", "/api/v1/countries/",
           "/api/v1/countries/ALB/", "/api/v1/variables/ESCS/distribution/?countries=ALB"]
@@ -20,7 +20,7 @@ def debug(request, settings):
 
 @pytest.fixture
 def redis_down(settings):
-    caches = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{_free_port()}/0"}}
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
     with override_settings(CACHES=caches):
         metrics_cache.versions_forget()
         yield
@@ -41,7 +41,7 @@ def test_redis_down_is_a_json_503_with_the_reason(db, client, debug, redis_down,
 def test_the_database_down_is_a_json_503_too(db, client, debug, monkeypatch):
     # A real failed connection: a database wrapper pointed at a port nothing listens on.
     dead = connections.create_connection("default")
-    dead.settings_dict = {**dead.settings_dict, "PORT": str(_free_port()), "HOST": "127.0.0.1"}
+    dead.settings_dict = {**dead.settings_dict, "PORT": str(free_port()), "HOST": "127.0.0.1"}
 
     def statuses():
         dead.ensure_connection()

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from django.conf import settings
 
-from pisa_site.embedded import EmbeddedServices, _free_port
+from pisa_site.embedded import EmbeddedServices, free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.stack
@@ -58,7 +58,7 @@ def wait_for(url: str, process: subprocess.Popen, log_path) -> int:
 @pytest.fixture
 def stack(tmp_path):
     home = tmp_path / "pisa-home"
-    web_port, flower_port = _free_port(), _free_port()
+    web_port, flower_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
     env.update(PISA_HOME=str(home), PORT=str(web_port), FLOWER_PORT=str(flower_port), DEBUG="1",
                DJANGO_SUPERUSER_PASSWORD="stack-test-password", INGEST_CONCURRENCY="1", METRICS_CONCURRENCY="1",

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
-from metrics.services import country_metrics_refresh
+from ingestion.warehouse import country_changed
 from pisa_site.progress import Progress
 
 
@@ -39,7 +39,8 @@ class Command(BaseCommand):
                 self.stderr.write(self.style.ERROR(f"{item.code}: {result.error}"))
                 continue
             if result.changed_countries and not no_metrics:
-                country_metrics_refresh(country=item.code)
+                # Refreshed here and now (the metrics app's receiver), not left to a worker that may not run.
+                country_changed.send(sender=Source, country=item.code, now=True)
             totals["loaded"] += result.loaded
             totals["removed"] += result.removed
             totals["quarantined"] += result.quarantined

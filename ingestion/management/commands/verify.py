@@ -5,18 +5,8 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from ingestion.services import SourceNotFoundError
-from ingestion.verification import PROBLEM_KINDS, SourceVerification, sources_to_verify, verify_sources
+from ingestion.verification import PROBLEM_KINDS, describe, sources_to_verify, verify_sources
 from pisa_site.progress import Progress
-
-
-def describe(result: SourceVerification) -> str:
-    """One line per source (and for the total), as the command and the chaos report print it."""
-    if result.error and result.code != "total":
-        return f"{result.code}: could not be read: {result.error}"
-    return (f"{result.code}: {result.source_rows:,} source rows: {result.loaded:,} loaded, "
-            f"{result.quarantined:,} quarantined, {result.superseded:,} superseded; "
-            + ", ".join(f"{getattr(result, kind):,} {kind}" for kind in PROBLEM_KINDS)
-            + (f" ({result.in_flight:,} in flight, matched within the settle time)" if result.in_flight else ""))
 
 
 # Longer than the pipeline takes to load a row committed late (its look-back window runs every second).
