@@ -40,7 +40,7 @@ def student_factory(seed: int = 2018):
 
     shared = settings.PISA_SHARED_DIR / "pisa2018"
     return StudentFactory(seed=seed, specs=codebook_specs(), sample_path=shared / "students_sample.csv",
-                          country_means_path=shared / "oecd_2018_country_means.csv")
+                          country_means_path=settings.PISA_COUNTRY_MEANS_PATH)
 
 
 def provision(rows_per_source: int, *, url_template: str, created_at=None) -> dict:

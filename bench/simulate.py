@@ -53,7 +53,7 @@ def main() -> None:
     specs = codebook_specs()
     shared = settings.PISA_SHARED_DIR / "pisa2018"
     factory = StudentFactory(seed=1, specs=specs, sample_path=shared / "students_sample.csv",
-                             country_means_path=shared / "oecd_2018_country_means.csv")
+                             country_means_path=settings.PISA_COUNTRY_MEANS_PATH)
     started = time.perf_counter()
     rows = factory.students("DEU", total)
     generation = rate(total, time.perf_counter() - started)

@@ -7,6 +7,7 @@ must run before the database has a codebook (the source simulator, tests) can re
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import re
@@ -215,7 +216,9 @@ def read_codebook_csv(path: Path | str) -> list[VariableSpec]:
     problems: list[tuple[int, str]] = []
     specs: list[VariableSpec] = []
     seen: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    opened = (gzip.open(path, "rt", newline="", encoding="utf-8") if path.suffix == ".gz"
+              else path.open(newline="", encoding="utf-8"))
+    with opened as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:

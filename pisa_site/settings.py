@@ -34,7 +34,11 @@ def env_int(name: str, default: int) -> int:
 PISA_HOME = pisa_home()
 # Reference data (codebook, student sample, published means) shipped beside the checkout, never copied into it.
 PISA_SHARED_DIR = Path(os.environ.get("PISA_SHARED_DIR") or BASE_DIR.parent / "shared")
-PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or PISA_SHARED_DIR / "pisa2018" / "codebook.csv")
+# Reference data that ships with the product (`manage.py package_reference_data` makes them from PISA_SHARED_DIR).
+SHIPPED_CODEBOOK_PATH = BASE_DIR / "codebook" / "data" / "pisa2018_codebook.csv.gz"
+SHIPPED_COUNTRY_MEANS_PATH = BASE_DIR / "simulator" / "data" / "oecd_2018_country_means.csv"
+PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or SHIPPED_CODEBOOK_PATH)
+PISA_COUNTRY_MEANS_PATH = Path(os.environ.get("PISA_COUNTRY_MEANS_PATH") or SHIPPED_COUNTRY_MEANS_PATH)
 
 # A management command or test run started outside `make run` finds embedded servers that are already up. Only then
 # is the development launcher imported: a deployment gives both URLs.

@@ -199,7 +199,7 @@ def student_factory_for_sources(*, seed: int, specs: list[VariableSpec]) -> Stud
     shared = settings.PISA_SHARED_DIR / "pisa2018"
     return StudentFactory(
         seed=seed, specs=specs, sample_path=shared / "students_sample.csv",
-        country_means_path=shared / "oecd_2018_country_means.csv", serial_allocator=student_serials_allocate,
+        country_means_path=settings.PISA_COUNTRY_MEANS_PATH, serial_allocator=student_serials_allocate,
     )
 
 

@@ -18,10 +18,14 @@ SHARED = Path(os.environ.get("PISA_SHARED_DIR") or ROOT.parent / "shared")
 
 
 def shared_path(*parts: str) -> Path:
-    """A file of the shared reference data; the test is skipped, saying why, when it is not there."""
+    """A file of the shared reference data. When it is not there the test is skipped, saying why, except under CI
+    (CI=true), where a test whose data is missing fails: a CI machine without the data must not pass untested."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared reference data not found: {path}")
+        message = f"shared reference data not found: {path} (set PISA_SHARED_DIR)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

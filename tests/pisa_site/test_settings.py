@@ -87,3 +87,20 @@ def test_the_warehouse_must_be_postgresql():
     result = load_settings(**{**URLS, "DATABASE_URL": "sqlite:///warehouse.db"}, SECRET_KEY=STRONG_KEY)
     assert result.returncode != 0
     assert "The warehouse must be PostgreSQL" in result.stderr
+
+
+def test_under_ci_a_test_whose_shared_data_is_missing_fails_instead_of_skipping(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("from tests.conftest import shared_path\n\n"
+                     "def test_needs_data():\n    shared_path('pisa2018', 'no-such-file.csv')\n")
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+           "--rootdir", str(ROOT), str(probe)]
+    skipped = subprocess.run(run, cwd=ROOT, env=subprocess_env(CI=""), capture_output=True, text=True)
+    failed = subprocess.run(run, cwd=ROOT, env=subprocess_env(CI="true"), capture_output=True, text=True)
+    assert "1 skipped" in skipped.stdout, skipped.stdout[-500:]
+    assert failed.returncode == 1 and "shared reference data not found" in failed.stdout, failed.stdout[-500:]
