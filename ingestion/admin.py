@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, SourceState, Student
+from ingestion.selectors import source_lag
 from ingestion.source_urls import SourceUrlError, url_with_kept_password
 
 
@@ -59,7 +60,7 @@ class SourceAdminForm(forms.ModelForm):
 class SourceAdmin(admin.ModelAdmin):
     form = SourceAdminForm
     # `safe_url`, never `url`: the list must not show database passwords.
-    list_display = ("code", "name", "safe_url", "enabled", "poll_interval_seconds", "rows_loaded", "seconds_behind",
+    list_display = ("code", "name", "safe_url", "enabled", "poll_interval_seconds", "rows_loaded", "lag", "idle",
                     "quarantined", "last_error")
     list_filter = ("enabled",)
     list_editable = ("enabled",)
@@ -79,12 +80,16 @@ class SourceAdmin(admin.ModelAdmin):
         state = self._state(source)
         return state.rows_loaded if state else 0
 
-    @admin.display(description="seconds behind")
-    def seconds_behind(self, source):
+    @admin.display(description="lag (s)")
+    def lag(self, source):
         state = self._state(source)
-        if not state or not state.newest_created_at:
-            return "-"
-        return f"{(timezone.now() - state.newest_created_at).total_seconds():.1f}"
+        return "-" if not state else f"{source_lag(state, timezone.now())['lag_seconds']:.1f}"
+
+    @admin.display(description="idle (s)")
+    def idle(self, source):
+        state = self._state(source)
+        idle = source_lag(state, timezone.now())["idle_seconds"] if state else None
+        return "-" if idle is None else f"{idle:.1f}"
 
     @admin.display(description="quarantined")
     def quarantined(self, source):

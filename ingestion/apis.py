@@ -43,7 +43,11 @@ class SourceStatusSerializer(serializers.Serializer):
     quarantined_count = serializers.IntegerField()
     source_row_count = serializers.IntegerField(allow_null=True)
     newest_created_at = serializers.DateTimeField(allow_null=True)
-    seconds_behind = serializers.FloatField(allow_null=True)
+    lag_seconds = serializers.FloatField(
+        help_text="0 when every source row is in the warehouse (or quarantined), else the age of the oldest not loaded")
+    rows_behind = serializers.IntegerField(help_text="Source rows not loaded yet")
+    idle_seconds = serializers.FloatField(allow_null=True,
+                                          help_text="Age of the newest row loaded: a quiet source's grows; not lag")
     last_success_at = serializers.DateTimeField(allow_null=True)
     last_batch_size = serializers.IntegerField()
     last_batch_seconds = serializers.FloatField()

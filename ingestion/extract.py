@@ -315,6 +315,17 @@ class SourceReader:
         except sa.exc.SQLAlchemyError as exc:
             raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
 
+    def oldest_created_at(self, ids: Sequence[int]) -> dt.datetime | None:
+        """The earliest created_at of the rows with these ids (None when none is left)."""
+        table = self._cursor_table
+        id_column, created_column = table.c[self.id_column.name], table.c[self.created_column.name]
+        query = sa.select(sa.func.min(created_column)).where(id_column.in_(list(ids)))
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+
     def ids_between(self, low: int, high: int) -> list[int]:
         table = self._cursor_table
         id_column = table.c[self.id_column.name]

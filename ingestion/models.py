@@ -76,6 +76,10 @@ class SourceState(models.Model):
     reloading = models.BooleanField(
         default=False, help_text="Every row is being compared again (the source went backwards, or a full sync): the "
                                  "metrics keep publishing the country as it was until this is over, then all at once.")
+    rows_behind = models.BigIntegerField(
+        default=0, help_text="Source rows the last sync left for the next (its budget ran out); 0 when caught up.")
+    oldest_pending_created_at = models.DateTimeField(
+        null=True, blank=True, help_text="created_at of the oldest of those rows: the lag is its age.")
     backlog_pending = models.BooleanField(
         default=False, help_text="The last sync's time budget ran out with rows still to load: the next one goes on.")
     last_success_at = models.DateTimeField(null=True, blank=True)

@@ -71,8 +71,9 @@ class SyncResult:
     batches: int = 0
     reset: bool = False
     reconciled: bool = False
-    # The budget ran out with rows still to load: the next sync carries on.
+    # The budget ran out with rows still to load: the next sync carries on, from these ids (ascending).
     truncated: bool = False
+    pending_ids: list[int] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
     changed_countries: set[str] = field(default_factory=set)
@@ -166,6 +167,7 @@ def _load_ids(reader: SourceReader, source, state, ids: list[int], result: SyncR
                 progress(len(chunk))
             if out_of_time:
                 result.truncated = True
+                result.pending_ids = [row_id for rest in chunks[k + 1:] for row_id in rest]
                 return
 
 
@@ -308,6 +310,7 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
         # The next poll must read the ids again even if the source has not changed meanwhile (its fast path skips a
         # source whose row count and max id are as recorded).
         state.backlog_pending = result.truncated
+        _lag_record(reader, state, result)
         reloaded = state.reloading and not result.truncated
         if reloaded:
             state.reloading = False
@@ -331,6 +334,18 @@ def _source_sync(*, source_id: int, full: bool, progress: Progress | None, pendi
         _refresh_metrics_after_commit(source.code)  # the repair is over: publish it, all at once
     result.seconds = time.perf_counter() - started
     return result
+
+
+# Source rows whose created_at is read to date a backlog: the oldest ids left (rows arrive in about id order).
+LAG_SAMPLE_IDS = 1000
+
+
+def _lag_record(reader: SourceReader, state: SourceState, result: SyncResult) -> None:
+    """How far behind the source the warehouse is once this sync is over: nothing left (0 rows, no date) unless the
+    budget cut it short, and then the rows left and the creation time of the oldest of them."""
+    state.rows_behind = len(result.pending_ids)
+    state.oldest_pending_created_at = (reader.oldest_created_at(result.pending_ids[:LAG_SAMPLE_IDS])
+                                       if result.pending_ids else None)
 
 
 def _reconcile_due(state: SourceState, snapshot: SourceSnapshot) -> bool:

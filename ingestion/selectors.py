@@ -44,8 +44,7 @@ def source_statuses() -> list[dict]:
             "quarantined_count": state.quarantined_count,
             "source_row_count": state.source_row_count,
             "newest_created_at": state.newest_created_at,
-            # As specified: now minus the newest created_at loaded (grows while a source is idle, too).
-            "seconds_behind": (now - state.newest_created_at).total_seconds() if state.newest_created_at else None,
+            **source_lag(state, now),
             "last_success_at": state.last_success_at,
             "last_batch_size": state.last_batch_size,
             "last_batch_seconds": state.last_batch_seconds,
@@ -83,3 +82,16 @@ def countries_with_stale_figures() -> dict[str, str]:
 def country_reloading(country: str) -> bool:
     """Whether a source of the country is being compared in full (ingestion.pipeline): its figures wait until done."""
     return SourceState.objects.filter(source__code=country, reloading=True).exists()
+
+
+def source_lag(state: SourceState, now) -> dict:
+    """`lag_seconds`: 0 when the warehouse holds every source row, else the age of the oldest one not loaded yet;
+    `rows_behind`: how many; `idle_seconds`: the age of the newest row loaded (a quiet source grows it, and is not
+    behind)."""
+    pending = state.oldest_pending_created_at if state.rows_behind else None
+    return {
+        "lag_seconds": max(0.0, (now - pending).total_seconds()) if pending else 0.0,
+        "rows_behind": state.rows_behind,
+        "idle_seconds": (now - state.newest_created_at).total_seconds() if state.newest_created_at else None,
+    }
+

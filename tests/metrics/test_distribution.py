@@ -116,5 +116,6 @@ def test_the_sources_api_reports_each_source_without_its_password(client, source
     response = client.get("/api/v1/sources/")
     [status] = response.json()
     assert status["code"] == "ALB" and status["rows_loaded"] == 3 and status["last_error"] == ""
-    assert status["seconds_behind"] is not None and status["seconds_behind"] >= 0
+    assert status["lag_seconds"] == 0 and status["rows_behind"] == 0  # caught up
+    assert status["idle_seconds"] is not None and status["idle_seconds"] >= 0
     assert "s3cret-pw" not in response.content.decode() and "***" in status["url"]

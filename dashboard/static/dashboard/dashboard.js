@@ -680,7 +680,8 @@ function renderPipeline() {
   const rows = (state.sources || []).map((source) => {
     const tr = document.createElement("tr");
     tr.dataset.source = source.code;
-    const behind = source.seconds_behind;
+    const lag = source.lag_seconds;
+    const idle = source.idle_seconds;
     if (!source.enabled) tr.className = "disabled";
     else if (staleSources().includes(source)) tr.className = "behind";
     const th = document.createElement("th");
@@ -688,7 +689,8 @@ function renderPipeline() {
     th.textContent = `${source.code} ${source.name}${source.enabled ? "" : " (disabled)"}`;
     tr.append(
       th,
-      cell(behind === null ? "–" : fmt(behind, 1), "behind"),
+      cell(lag === null || lag === undefined ? "–" : fmt(lag, 1), "behind"),
+      cell(idle === null || idle === undefined ? "–" : fmt(idle, 1)),
       cell(Number(source.rows_loaded || 0).toLocaleString("en")),
       cell(
         source.rows_per_second === null || source.rows_per_second === undefined ? "–" : fmt(source.rows_per_second, 1),
@@ -705,14 +707,15 @@ function renderPipeline() {
 
 /* ---------------------------------------------------------------- status and banner */
 
-/* Sources whose ingestion has stalled: no successful sync for a while (they run every second), or failing. An idle
- * source is not stale: its seconds behind grow only because nobody answers the questionnaire. */
+/* Sources whose ingestion is late: behind by more than the limit, failing, or no successful sync for a while (they
+ * run every second). An idle source is not late: its idle time grows only because nobody answers. */
 function staleSources() {
   const limit = CONFIG.staleAfterSeconds;
   return (state.sources || []).filter(
     (s) =>
       s.enabled &&
-      ((s.consecutive_failures > 0 && (!s.last_success_at || secondsAgo(Date.parse(s.last_success_at)) > limit)) ||
+      ((s.lag_seconds || 0) > limit ||
+        (s.consecutive_failures > 0 && (!s.last_success_at || secondsAgo(Date.parse(s.last_success_at)) > limit)) ||
         (s.last_success_at && secondsAgo(Date.parse(s.last_success_at)) > limit)),
   );
 }
