@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -11,6 +10,7 @@ from django.db.models import Prefetch, Q, QuerySet
 from codebook.catalogue import VariableSpec
 from codebook.models import ValueLabel, Variable
 from codebook.services import LABELS_VERSION_KEY, labels_version_seed
+from pisa_site.snapshots import ProcessSnapshot
 
 
 def labels_version() -> int:
@@ -34,8 +34,6 @@ class _SpecsSnapshot:
     missing_code_labels: dict[str, dict]
 
 
-_snapshot: _SpecsSnapshot | None = None
-_snapshot_lock = threading.Lock()
 
 
 def variable_specs() -> list[VariableSpec]:
@@ -61,18 +59,11 @@ def missing_code_labels() -> dict[str, dict]:
 
 
 def _current_snapshot() -> _SpecsSnapshot:
-    global _snapshot
-    version = labels_version()
-    snapshot = _snapshot
-    if snapshot is not None and snapshot.version == version:
-        return snapshot
-    with _snapshot_lock:
-        if _snapshot is None or _snapshot.version != version:
-            _snapshot = _snapshot_from_database(version)
-        return _snapshot
+    return _specs.get()
 
 
-def _snapshot_from_database(version: int) -> _SpecsSnapshot:
+def _snapshot_from_database(_previous: _SpecsSnapshot | None) -> _SpecsSnapshot:
+    version = labels_version()  # before the read: a later edit moves it, and the next call rebuilds
     labels: dict[int, list[ValueLabel]] = {}
     for value_label in ValueLabel.objects.order_by("variable_id", "numeric_value", "value"):
         labels.setdefault(value_label.variable_id, []).append(value_label)
@@ -126,3 +117,9 @@ def variable_get(*, name: str) -> Variable | None:
         Prefetch("value_labels", queryset=ValueLabel.objects.order_by("numeric_value", "value")))
     # The exact spelling first, should a file ever hold two names that differ only in case.
     return variables.filter(name=name).first() or variables.filter(name__iexact=name).first()
+
+
+# Rebuilt when `labels_version()` moves: one Redis GET per call.
+_specs: ProcessSnapshot[_SpecsSnapshot] = ProcessSnapshot(
+    _snapshot_from_database, lambda snapshot: snapshot.version == labels_version())
+

@@ -1,4 +1,4 @@
-"""The dashboard page: one template; every figure on it comes from the project's API, polled by dashboard.js."""
+"""The dashboard page: one template; every figure on it comes from the project's API, polled by its scripts (dashboard/static/dashboard/js/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ POLL_SECONDS = 1
 UNREACHABLE_AFTER_SECONDS = 3
 # A source with no successful sync for this long (they run every second) makes the page say its data may be stale.
 STALE_AFTER_SECONDS = 30
-# Where dashboard.js puts the variable's name in the distribution URL.
+# Where the explorer (js/explorer.js) puts the variable's name in the distribution URL.
 VARIABLE_PLACEHOLDER = "__name__"
 
 

@@ -8,7 +8,6 @@ A status is therefore at most that much older than the warehouse's, on top of th
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NO
 from pisa_site.errors import BadInput
 from pisa_site.errors import NotFound as DomainNotFound
 from pisa_site.etags import strong_etag
+from pisa_site.snapshots import ProcessSnapshot
 
 
 class SourceStatusSerializer(serializers.Serializer):
@@ -69,32 +69,24 @@ class RenderedStatuses:
     expires_at: float  # time.monotonic()
 
 
-_rendered: RenderedStatuses | None = None
-_render_lock = threading.Lock()  # one thread of a process renders; the others wait for its bytes
-
-
 def rendered_statuses() -> RenderedStatuses:
-    rendered = _rendered
-    if rendered is not None and time.monotonic() < rendered.expires_at:
-        return rendered
-    with _render_lock:
-        return _render_if_expired()
+    return _rendered.get()
 
 
-def _render_if_expired() -> RenderedStatuses:
-    global _rendered
-    if _rendered is not None and time.monotonic() < _rendered.expires_at:
-        return _rendered
+def _render(_previous: RenderedStatuses | None) -> RenderedStatuses:
     read_at = time.monotonic()
     body = JSONRenderer().render(SourceStatusSerializer(source_statuses(), many=True).data)
     etag = strong_etag(body)
-    _rendered = RenderedStatuses(body=body, etag=etag, expires_at=read_at + settings.INGEST_STATUS_CACHE_SECONDS)
-    return _rendered
+    return RenderedStatuses(body=body, etag=etag, expires_at=read_at + settings.INGEST_STATUS_CACHE_SECONDS)
+
+
+# One thread of a process renders; the others wait for its bytes.
+_rendered: ProcessSnapshot[RenderedStatuses] = ProcessSnapshot(
+    _render, lambda rendered: time.monotonic() < rendered.expires_at)
 
 
 def rendered_statuses_forget() -> None:
-    global _rendered
-    _rendered = None
+    _rendered.forget()
 
 
 def _statuses(request):

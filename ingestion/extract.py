@@ -60,7 +60,7 @@ def source_engine(url: str) -> sa.Engine:
             except SourceUrlError as exc:
                 raise SourceUnavailable(f"bad source URL: {exc}") from None
             except (sa.exc.ArgumentError, ImportError, ValueError, TypeError) as exc:  # no such dialect or driver
-                raise SourceUnavailable(f"cannot use the source URL: {_describe(exc, url)}") from None
+                raise SourceUnavailable(f"cannot use the source URL: {source_error_text(exc, url)}") from None
             _engines[url] = engine
         return engine
 
@@ -189,7 +189,7 @@ class SourceReader:
                 self._table, self._derived = _reflect(self.engine, self.source.url, self.source.table_name)
                 self._columns_by_lower = {column.name.lower(): column for column in self._table.columns}
             except sa.exc.SQLAlchemyError as exc:
-                raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+                raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
         return self._table
 
     def _column(self, name: str) -> sa.ColumnElement | None:
@@ -273,7 +273,7 @@ class SourceReader:
                         query = query.where(created_column >= since)
                     return snapshot, list(conn.execute(query).scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     @property
     def _qualified_name(self) -> str:
@@ -299,7 +299,7 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return list(conn.execute(query).scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     def range_fingerprints(self, *, range_size: int, up_to_id: int) -> dict[int, IdsFingerprint]:
         """The fingerprint of the ids of each range [k * range_size, (k + 1) * range_size) up to `up_to_id`, by k."""
@@ -313,7 +313,7 @@ class SourceReader:
                 return {int(row[0]): IdsFingerprint(*(int(value) for value in row[1:]))
                         for row in conn.execute(query)}
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     def oldest_created_at(self, ids: Sequence[int]) -> dt.datetime | None:
         """The earliest created_at of the rows with these ids (None when none is left)."""
@@ -324,7 +324,7 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return conn.execute(query).scalar()
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     def ids_between(self, low: int, high: int) -> list[int]:
         table = self._cursor_table
@@ -333,7 +333,7 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return list(conn.execute(sa.select(id_column).where(id_column.between(low, high))).scalars())
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     def lines_for_ids(self, ids: Sequence[int]) -> list[bytes]:
         """The rows with these ids as COPY text lines (id, created_at, then the variables in codebook order)."""
@@ -368,7 +368,7 @@ class SourceReader:
                     for row in conn.execute(query)
                 ]
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
     @property
     def _id_sql(self) -> str:
@@ -389,14 +389,14 @@ class SourceReader:
         try:
             raw = self.engine.raw_connection()
         except sa.exc.SQLAlchemyError as exc:  # the source went down since the last query
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None
         try:
             with raw.cursor() as cursor:
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
             raw.commit()
         except Exception as exc:
             raw.invalidate() if hasattr(raw, "invalidate") else None
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
         finally:
             raw.close()
         data = buffer.getvalue()
@@ -420,10 +420,10 @@ class SourceReader:
             with self.engine.connect() as conn:
                 return conn.execute(query).one()
         except sa.exc.SQLAlchemyError as exc:
-            raise SourceUnavailable(_describe(exc, self.source.url)) from None  # the cause may quote the URL
+            raise SourceUnavailable(source_error_text(exc, self.source.url)) from None  # the cause may quote the URL
 
 
-def _describe(exc: Exception, url: str) -> str:
+def source_error_text(exc: Exception, url: str) -> str:
     """An error message fit for the status page and the logs: the driver's first line, with anything of the URL's
     password it may quote replaced by ***."""
     original = getattr(exc, "orig", None) or exc

@@ -26,6 +26,7 @@ from django.core.cache import cache
 
 from pisa_site.cache import redis_client
 from pisa_site.etags import strong_etag
+from pisa_site.snapshots import ProcessSnapshot
 
 COUNTRY_DOCUMENT = "pisa:metrics:country:{}"
 COUNTRY_VERSION = "pisa:metrics:version:{}"
@@ -91,8 +92,6 @@ class VersionsSnapshot:
         return sorted(self.versions)
 
 
-_snapshot: VersionsSnapshot | None = None
-_snapshot_lock = threading.Lock()  # one thread re-reads; the others wait for its snapshot rather than use a stale one
 
 
 def versions_cache_seconds() -> float:
@@ -102,18 +101,10 @@ def versions_cache_seconds() -> float:
 def versions_snapshot() -> VersionsSnapshot:
     """The versions of every published country, at most METRICS_VERSIONS_CACHE_SECONDS old (see the module's
     docstring for the bound). Costs a clock read and an attribute read, except once per period: two round trips."""
-    snapshot = _snapshot
-    if snapshot is not None and time.monotonic() < snapshot.expires_at:
-        return snapshot
-    with _snapshot_lock:
-        snapshot = _snapshot
-        if snapshot is not None and time.monotonic() < snapshot.expires_at:
-            return snapshot
-        return _versions_read(snapshot)
+    return _versions.get()
 
 
 def _versions_read(previous: VersionsSnapshot | None) -> VersionsSnapshot:
-    global _snapshot
     sent_at = time.monotonic()  # before the read: whatever was published before this moment is in the snapshot
     client = redis_client()
     pipe = client.pipeline(transaction=False)
@@ -127,15 +118,17 @@ def _versions_read(previous: VersionsSnapshot | None) -> VersionsSnapshot:
     unchanged = previous is not None and previous.versions == versions and previous.labels == labels
     snapshot = VersionsSnapshot(versions=versions, labels=labels, expires_at=sent_at + versions_cache_seconds(),
                                 views=previous.views if unchanged else {})
-    _snapshot = snapshot
     return snapshot
+
+
+# One thread re-reads; the others wait for its snapshot rather than use a stale one.
+_versions: ProcessSnapshot[VersionsSnapshot] = ProcessSnapshot(
+    _versions_read, lambda snapshot: time.monotonic() < snapshot.expires_at)
 
 
 def versions_forget() -> None:
     """Drop this process's snapshot (after it published, or when Redis was flushed): the next request re-reads."""
-    global _snapshot
-    with _snapshot_lock:
-        _snapshot = None
+    _versions.forget()
 
 
 def view_etag(kind: str, countries: Sequence[str], *extra: object) -> str:

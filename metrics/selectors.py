@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from metrics import cache
 from pisa_site.errors import BadInput
-from metrics.distribution import DISTRIBUTION_NOTE, UnknownVariable, variable_position
+from metrics.distribution import DISTRIBUTION_NOTE, variable_position
 from metrics.estimators import average_of_countries
 
 COUNTRY_CODE = "[A-Z]{3,8}"

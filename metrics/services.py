@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 PERCENTILES_SECONDS = settings.METRICS_PERCENTILES_SECONDS
 # At most one percentile computation at a time in the whole deployment, and never under a country's write lock. Each
 # reads every student of its country (~0.3 s at PISA size); run inside the refresh, with every country due at about the
-# same moment, they took every metrics worker for seconds and the dashboards' counts waited behind them (bench.scale:
-# API p99 8.3 s). A refresh that finds the lock taken publishes its counts and leaves the percentiles to a later one.
+# same moment, they took every metrics worker for seconds and the dashboards' counts waited behind them. A refresh
+# that finds the lock taken publishes its counts and leaves the percentiles to a later one.
 PERCENTILES_LOCK = "metrics:percentiles"
 PERCENTILES_LOCK_SECONDS = 60
 

@@ -6,9 +6,8 @@ message with `PubSub.parse_response()`, which in redis-py 8 blocks *with no time
 timeout off for that read, on purpose, so that `listen()` can wait for messages), and first reopens the connection
 if it is closed. After a Redis restart kombu can find that socket readable while the connection is already closed and
 nothing is subscribed (kombu subscribes again at its next poll, which this read holds up): the read reopens the
-connection and waits there, for a message that cannot come, fetching no task. The chaos test caught it (CI, and
-1 Redis restart in 17 in a loop): the ingest worker alive, its log silent, its main thread in
-`SocketBuffer._read_from_socket` under `Channel._receive_one` (py-spy), no source synced for ten minutes.
+connection and waits there, for a message that cannot come, fetching no task (the story and its figures are in
+docs/ARCHITECTURE.md, "Task delivery guarantees").
 
 Here a pub/sub read does not wait on a closed connection: it closes it the way redis-py does (kombu's disconnect hook
 then drops its poll registration) and returns nothing; kombu reopens the connection right after (if Redis is still

@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "metrics",
     "simulator",
     "dashboard",
+    "operations",
 ]
 
 MIDDLEWARE = [
@@ -268,7 +269,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600),
     # Survive a Redis restart without a worker restart. Without a socket timeout, a worker whose event loop reads its
     # remote-control (pub/sub) socket after a Redis restart can block in that read forever, alive but consuming
-    # nothing (seen in the chaos test: celery 5.7, kombu 5.7; see celery/celery#2606). With one, the read fails
+    # nothing (celery 5.7, kombu 5.7; celery/celery#2606). With one, the read fails
     # after REDIS_SOCKET_TIMEOUT_SECONDS, redis-py reconnects and subscribes again, and the worker carries on.
     # No broker command legitimately blocks that long: kombu's BRPOP waits 1 s and is read only once readable.
     "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,

@@ -5,8 +5,7 @@ Two things then reach Redis through that released transport and raise
 `AttributeError: 'NoneType' object has no attribute 'hostname'` (kombu/transport/redis.py `_connparams`):
 closing the channel, which tries to give back the acks_late messages in flight, and the late acknowledgement of a
 task that was running across the break. Both escape celery's handlers, which only expect connection errors, and the
-worker exits with "Unrecoverable error" instead of reconnecting. The chaos test caught both when Redis restarted
-under load. Nothing is lost by treating the error as a broken connection: the messages stay in Redis's unacked set,
+worker exits with "Unrecoverable error" instead of reconnecting. Nothing is lost by treating the error as a broken connection: the messages stay in Redis's unacked set,
 which gives them back after the visibility timeout (their tasks are idempotent), and the fan-out and the metrics
 sweep queue fresh work long before that.
 """

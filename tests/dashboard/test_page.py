@@ -34,7 +34,7 @@ def test_the_dashboard_is_served_at_the_root_with_local_scripts_only(client, sha
     assert response.status_code == 200
     html = response.content.decode()
     assert '<script src="/static/dashboard/lib/plotly.min.js"' in html
-    assert '<script src="/static/dashboard/dashboard.js"' in html
+    assert '<script type="module" src="/static/dashboard/js/main.js"' in html
     assert "http://" not in html.replace("http://127.0.0.1", "") and "https://" not in html
     config = page_config(response)
     assert config["urls"]["metrics"] == "/api/v1/metrics/"
@@ -60,7 +60,7 @@ def test_collectstatic_copies_the_packaged_assets(tmp_path):
         call_command("collectstatic", interactive=False, verbosity=0)
     for static_path in PACKAGE_ASSETS:
         assert (tmp_path / static_path).stat().st_size > 0, static_path
-    assert (tmp_path / "dashboard" / "dashboard.js").is_file()
+    assert (tmp_path / "dashboard" / "js" / "main.js").is_file()
 
 
 def test_every_pisa_participant_is_on_the_world_map(shared_codebook):

@@ -4,7 +4,6 @@ with its reason; the rest of its batch loads (ingestion/plausibility.py, docs/pl
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from codebook.catalogue import read_codebook_csv

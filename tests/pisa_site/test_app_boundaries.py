@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("ingestion", "metrics", "codebook", "dashboard", "simulator")
+APPS = ("ingestion", "metrics", "codebook", "dashboard", "simulator", "operations")
 # The project: settings and shared plumbing (Redis client, locks, caches, the API's error shape) every app may use; it
 # imports apps only to mount them (urls, the OpenAPI components, bootstrap).
 PROJECT = "pisa_site"
@@ -80,3 +80,7 @@ def test_the_metrics_know_the_warehouse_only_by_its_public_face():
     used = sorted({module for app, _, module, _ in cross_app_imports()
                    if app == "metrics" and module.split(".")[0] == "ingestion"})
     assert used == ["ingestion.warehouse"]
+
+
+def test_no_app_imports_the_operations():
+    assert sorted({app for app, _, module, _ in cross_app_imports() if module.split(".")[0] == "operations"}) == []

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("ingestion", "metrics", "codebook", "dashboard", "simulator", "pisa_site")
+PRODUCT = ("ingestion", "metrics", "codebook", "dashboard", "simulator", "operations", "pisa_site")
 # The development launcher (the embedded servers) is imported only when a service URL is missing.
 DEVELOPMENT_ONLY_MODULES = {ROOT / "pisa_site" / "embedded.py"}
 

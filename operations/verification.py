@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from django.db.models import Exists, OuterRef
 from django.db.models.functions import MD5
 
-from ingestion.extract import SourceReader, SourceUnavailable, _describe
+from ingestion.extract import SourceReader, SourceUnavailable, source_error_text
 from ingestion.layout import pisa_variables
 from ingestion.models import DuplicateStudent, QuarantinedRow, Source, Student
 from ingestion.services import SourceNotFoundError
@@ -211,7 +211,7 @@ def _source_nth_id_after(reader: SourceReader, low: int, skip: int) -> int | Non
         with reader.engine.connect() as connection:
             return connection.execute(query).scalar()
     except sa.exc.SQLAlchemyError as exc:
-        raise SourceUnavailable(_describe(exc)) from exc
+        raise SourceUnavailable(source_error_text(exc, reader.source.url)) from None  # the cause may quote the URL
 
 
 def _compare_range(reader: SourceReader, source: Source, low: int, high: int, result: SourceVerification) -> int:

@@ -5,7 +5,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from ingestion.services import SourceNotFoundError
-from ingestion.verification import PROBLEM_KINDS, describe, sources_to_verify, verify_sources
+from operations.verification import PROBLEM_KINDS, describe, sources_to_verify, verify_sources
 from pisa_site.progress import Progress
 
 

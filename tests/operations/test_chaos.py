@@ -18,11 +18,11 @@ import pytest
 from django.conf import settings
 
 from ingestion.models import QuarantinedRow, Source, SourceState, Student
-from ingestion.verification import sources_to_verify, verify_sources
+from operations.verification import sources_to_verify, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site.celery import STACK_DUMP_SIGNAL
 from pisa_site.embedded import EmbeddedRedis
-from simulator.chaos import QUICK, ChaosRun, Stack, poll_until
+from operations.chaos import QUICK, ChaosRun, Stack, poll_until
 from simulator.models import Injection
 from simulator.services import source_provision
 from tests.conftest import ROOT, subprocess_env

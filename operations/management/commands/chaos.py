@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from simulator.chaos import FULL, QUICK, ChaosError, chaos_run, report_lines
+from operations.chaos import FULL, QUICK, ChaosError, chaos_run, report_lines
 
 
 class Command(BaseCommand):

@@ -3,10 +3,10 @@
 import pytest
 from django.core.management import CommandError, call_command
 
-from ingestion import verification
+from operations import verification
 from ingestion.models import QuarantinedRow, Student
 from ingestion.pipeline import source_sync
-from ingestion.verification import source_verify, sources_to_verify, verify_sources
+from operations.verification import source_verify, sources_to_verify, verify_sources
 
 
 def verified(source_database):

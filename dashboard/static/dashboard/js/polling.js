@@ -1,0 +1,96 @@
+// Fetching: the API's answers with their ETags, the 1 Hz poll of the metrics and the sources.
+import { $, CONFIG, REQUEST_TIMEOUT_MS, state, writeUrl } from "./state.js";
+import { renderMetrics } from "./charts.js";
+import { renderPipeline, renderStatus } from "./status.js";
+import { renderSelector } from "./selector.js";
+import { start } from "./main.js";
+
+export async function getJson(url, etag, timeoutMs = REQUEST_TIMEOUT_MS) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  try {
+    const headers = etag ? { "If-None-Match": etag } : {};
+    const response = await fetch(url, { headers, signal: controller.signal, cache: "no-cache" });
+    if (response.status === 304) return { status: 304, etag };
+    const body = await response.json().catch(() => null);
+    return { status: response.status, etag: response.headers.get("ETag"), body };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function metricsUrl() {
+  const query = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
+  return CONFIG.urls.metrics + query;
+}
+
+export async function pollMetrics() {
+  const url = metricsUrl();
+  const etag = url === state.metricsQuery ? state.metricsEtag : null;
+  const answer = await getJson(url, etag);
+  state.lastContactAt = Date.now();
+  if (answer.status === 304 || url !== metricsUrl()) return; // unchanged, or an answer for a former selection
+  if (answer.status === 400) {
+    // A shared link with a code the API does not know: say so, and show every country instead.
+    state.apiError = answer.body && answer.body.error ? answer.body.error : "the API refused the country list";
+    state.selected = [];
+    writeUrl();
+    renderSelector();
+    return;
+  }
+  if (answer.status !== 200 || !answer.body) throw new Error(`metrics API answered ${answer.status}`);
+  state.metrics = answer.body;
+  state.metricsEtag = answer.etag;
+  state.metricsQuery = url;
+  state.lastChangeAt = Date.now();
+  renderMetrics();
+}
+
+export async function pollSources() {
+  const answer = await getJson(CONFIG.urls.sources, state.sourcesEtag);
+  if (answer.status === 304) return;
+  if (answer.status !== 200 || !answer.body) throw new Error(`sources API answered ${answer.status}`);
+  state.sources = Array.isArray(answer.body) ? answer.body : answer.body.results || [];
+  state.sourcesEtag = answer.etag;
+  renderPipeline();
+}
+
+export async function refreshCountryList() {
+  const answer = await getJson(CONFIG.urls.countries);
+  if (answer.status === 200 && answer.body) {
+    const known = new Map(answer.body.results.map((c) => [c.code, c.name]));
+    for (const source of state.sources || []) if (!known.has(source.code)) known.set(source.code, source.name);
+    state.countries = [...known].map(([code, name]) => ({ code, name }));
+    renderSelector();
+  }
+}
+
+export let sourcesInFlight = null;
+
+/* One poll a second, counted from the start of the previous one, so a slow answer does not stretch the period. The
+ * sources panel is polled alongside but never delays the metrics; a slow sources answer is not asked for twice. */
+export async function tick() {
+  const started = Date.now();
+  if (!sourcesInFlight) {
+    sourcesInFlight = pollSources()
+      .then(
+        () => {
+          state.sourcesError = null;
+        },
+        (error) => {
+          state.sourcesError = String(error.message || error);
+        },
+      )
+      .finally(() => {
+        sourcesInFlight = null;
+      });
+  }
+  try {
+    await pollMetrics(); // reachability is judged by the metrics view alone
+    state.failingSince = null;
+  } catch (error) {
+    state.failingSince = state.failingSince || Date.now();
+  }
+  renderStatus();
+  setTimeout(tick, Math.max(0, CONFIG.pollSeconds * 1000 - (Date.now() - started)));
+}
