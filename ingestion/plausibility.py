@@ -3,7 +3,7 @@ reason, so that one absurd weight or score can neither freeze nor skew a country
 
 Every rule, its bound and its source are in `RULES` and in the table of docs/plausibility.md (a test keeps the two
 the same). `RULES_VERSION` changes whenever a rule or a bound does: a source whose stored rows were checked under
-another version has them checked again (`ingestion.pipeline.source_rows_recheck`).
+another version has them checked again at its next sync (`ingestion.pipeline.source_students_recheck`).
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ CELERY_DB_REUSE_MAX = 500
 # Flower needs task events to show tasks live, by name and arguments.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-# Two queues, so that metrics refreshes never wait behind a backfill and each can be scaled on its own.
+# Three queues, so that metrics refreshes never wait behind a backfill or a distribution, and each scales on its own.
 CELERY_TASK_DEFAULT_QUEUE = "ingestion"
 CELERY_TASK_ROUTES = {
     "ingestion.*": {"queue": "ingestion"},
