@@ -131,13 +131,6 @@ def versions_forget() -> None:
     _versions.forget()
 
 
-def view_etag(kind: str, countries: Sequence[str], *extra: object) -> str:
-    """A strong ETag for a view of these countries: changes exactly when one of their documents (or `extra`, e.g.
-    the codebook labels version) changes."""
-    versions = redis_client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
-    return etag_of(kind, countries, versions, *extra)
-
-
 # Fast path: the last few assembled views also stay in this process, sparing a 100 KB Redis read per 200.
 _recent_views: OrderedDict[str, bytes] = OrderedDict()
 _recent_views_lock = threading.Lock()  # gunicorn's threads share it

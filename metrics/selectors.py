@@ -202,12 +202,12 @@ def distribution_lookup(name: str, countries: Sequence[str]) -> tuple[dict, dict
     _, spec = variable_position(name)
     entries = cache.distribution_entries(spec.name, countries)
     labels = str(labels_version())
-    versions = dict(zip(countries, cache.country_versions(countries)))
+    versions = cache.versions_snapshot().versions  # the request's snapshot, as countries_parse read it
     now = time.time()
     due = []
     for country in countries:
         entry = entries.get(country)
-        version = versions[country].decode() if versions[country] else None
+        version = versions[country].decode() if versions.get(country) else None
         if entry is None or entry["labels"] != labels or (
                 entry["country_version"] != version and now - entry["computed_at"] > DISTRIBUTION_TTL_SECONDS):
             due.append(country)
