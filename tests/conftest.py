@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -26,6 +27,63 @@ def shared_path(*parts: str) -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    return path
+
+
+def codebook_csv_path() -> Path:
+    """The codebook the tests decode with: the one the product ships (tests/codebook/test_shipped.py holds it equal to
+    ../shared/pisa2018/codebook.csv, so a clone with nothing beside it tests the same statistics)."""
+    return Path(settings.SHIPPED_CODEBOOK_PATH)
+
+
+def country_means_path() -> Path:
+    return Path(settings.SHIPPED_COUNTRY_MEANS_PATH)
+
+
+GENERATED_SAMPLE_COUNTRIES = ("FRA", "ITA", "MEX")
+GENERATED_SAMPLE_STUDENTS_PER_COUNTRY = 423  # the shared sample's size (1,269 students in three countries)
+
+
+def students_sample_path() -> Path:
+    """The students the statistics and ingestion tests are made of: the real-shaped sample of ../shared/ when it is
+    there; otherwise (a clone with nothing beside it) students the simulator generates from the shipped codebook and
+    country means, written once per test run in the sample's CSV format. Under CI=true the real sample is required
+    (a missing one fails) unless PISA_TEST_SAMPLE=generated asks for the generated one."""
+    real = SHARED / "pisa2018" / "students_sample.csv"
+    wanted = os.environ.get("PISA_TEST_SAMPLE", "")
+    if wanted not in ("", "generated"):
+        pytest.fail(f"PISA_TEST_SAMPLE={wanted!r}: leave it unset (the shared sample when present) or say 'generated'")
+    if wanted != "generated":
+        if real.exists():
+            return real
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"shared reference data not found: {real} (set PISA_SHARED_DIR, or PISA_TEST_SAMPLE=generated "
+                        "to test on generated students)")
+    return _generated_sample()
+
+
+@functools.lru_cache(maxsize=1)
+def _generated_sample() -> Path:
+    import atexit
+    import csv
+    import shutil
+    import tempfile
+
+    from codebook.catalogue import read_codebook_csv
+    from simulator.students import StudentFactory
+
+    specs = read_codebook_csv(codebook_csv_path())
+    factory = StudentFactory(seed=2018, specs=specs, sample_path=None, country_means_path=country_means_path())
+    folder = Path(tempfile.mkdtemp(prefix="pisa-generated-sample-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "pisa2018" / "students_sample.csv"  # laid out as ../shared/ is, for PISA_SHARED_DIR
+    path.parent.mkdir()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([spec.name for spec in specs])
+        for country in GENERATED_SAMPLE_COUNTRIES:
+            for row in factory.students(country, GENERATED_SAMPLE_STUDENTS_PER_COUNTRY):
+                writer.writerow(["" if row[spec.name.lower()] is None else row[spec.name.lower()] for spec in specs])
     return path
 
 
@@ -162,8 +220,6 @@ def source_db(transactional_db, tmp_path):
     created: list = []
 
     from tests.ingestion.factories import SourceDatabase
-
-    shared_path("pisa2018", "codebook.csv")  # source tables are built from the codebook: skip, saying why, without it
 
     def make(code: str, **kwargs):
         source = SourceDatabase(code, tmp_path=tmp_path, **kwargs)

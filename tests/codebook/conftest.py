@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from codebook.services import codebook_load_file
-from tests.conftest import codebook_editors_group, shared_path
+from tests.conftest import codebook_csv_path, codebook_editors_group
 
 COLUMNS = ["variable", "label", "format_spss", "value_labels", "na_values", "na_range"]
 
@@ -67,7 +67,7 @@ def small_codebook(db, write_codebook_csv, django_capture_on_commit_callbacks):
 
 @pytest.fixture
 def shared_codebook_path() -> Path:
-    return shared_path("pisa2018", "codebook.csv")
+    return codebook_csv_path()
 
 
 @pytest.fixture

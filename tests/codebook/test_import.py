@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 
 import pandas as pd
@@ -27,7 +28,7 @@ def codebook_state() -> list[tuple]:
 
 
 def test_the_shared_codebook_loads_every_variable_and_value_label(shared_codebook, shared_codebook_path):
-    with shared_codebook_path.open(newline="", encoding="utf-8") as handle:
+    with gzip.open(shared_codebook_path, "rt", newline="", encoding="utf-8") as handle:
         lines = list(csv.DictReader(handle))
     assert Variable.objects.count() == len(lines) == 1118
     assert ValueLabel.objects.count() == sum(len(json.loads(line["value_labels"])) for line in lines)

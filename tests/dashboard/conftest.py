@@ -24,7 +24,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from pisa_site.embedded import free_port
-from tests.conftest import ROOT, shared_path, subprocess_env
+from tests.conftest import ROOT, codebook_csv_path, subprocess_env
 
 CHROMIUM = Path(os.environ.get("PISA_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
@@ -114,7 +114,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     chromium_or_fail()
     home = tmp_path_factory.mktemp("dashboard-stack")
     with django_db_blocker.unblock():
-        codebook_load_file(path=shared_path("pisa2018", "codebook.csv"))
+        codebook_load_file(path=codebook_csv_path())
         get_user_model().objects.create_superuser(ADMIN_USERNAME, "admin@example.org", ADMIN_PASSWORD)
         sources = {code: SourceDatabase(code) for code in COUNTRIES}
         for source in sources.values():

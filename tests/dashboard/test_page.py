@@ -13,13 +13,13 @@ from codebook.selectors import country_names
 from codebook.services import codebook_load_file
 from dashboard.finders import PACKAGE_ASSETS
 from dashboard.selectors import MAP_POINTS, country_map_codes
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path
 
 
 @pytest.fixture
 def shared_codebook(db, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        codebook_load_file(path=shared_path("pisa2018", "codebook.csv"))
+        codebook_load_file(path=codebook_csv_path())
 
 
 def page_config(response) -> dict:

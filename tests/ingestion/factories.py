@@ -18,7 +18,7 @@ from codebook.catalogue import VariableSpec
 from ingestion.extract import escape_copy_text
 from ingestion.layout import pisa_variables
 from ingestion.models import Source
-from tests.conftest import shared_path
+from tests.conftest import students_sample_path
 
 
 def column_type(spec: VariableSpec, style: str):
@@ -39,7 +39,7 @@ def responses_table(style: str, *, upper_case: bool = False) -> sa.Table:
 
 @lru_cache(maxsize=1)
 def sample_records() -> tuple[dict[str, str], ...]:
-    with open(shared_path("pisa2018", "students_sample.csv"), newline="") as handle:
+    with open(students_sample_path(), newline="") as handle:
         return tuple(csv.DictReader(handle))
 
 

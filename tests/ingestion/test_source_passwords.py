@@ -16,7 +16,7 @@ from ingestion.pipeline import source_sync
 from ingestion.services import source_register
 from ingestion.tasks import sync_source
 from pisa_site.embedded import free_port
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path
 
 PASSWORD = "Tr0ub4dor-s3cret"
 
@@ -29,7 +29,7 @@ def unreachable_url(password: str = PASSWORD, **parts: str) -> str:
 @pytest.fixture
 def codebook():
     """A sync reads the codebook's variables even when its source is down: skipped, saying why, without it."""
-    return shared_path("pisa2018", "codebook.csv")
+    return codebook_csv_path()
 
 
 @pytest.fixture

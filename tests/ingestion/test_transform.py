@@ -7,13 +7,13 @@ from codebook.catalogue import read_codebook_csv
 from ingestion import transform as transform_module
 from ingestion.extract import escape_copy_text
 from ingestion.transform import transform
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path
 from tests.ingestion.factories import sample_records, typed_value
 
 
 @pytest.fixture(scope="module")
 def variables():
-    return read_codebook_csv(shared_path("pisa2018", "codebook.csv"))
+    return read_codebook_csv(codebook_csv_path())
 
 
 def line(variables, row_id: int, overrides: dict) -> bytes:

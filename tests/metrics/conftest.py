@@ -9,13 +9,13 @@ import pytest
 
 from codebook.catalogue import read_codebook_csv
 from metrics.sufficient import DOMAINS, N_PLAUSIBLE_VALUES, StudentBatch
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path, students_sample_path
 
 COUNTRIES = ("FRA", "ITA", "MEX")
 WEIGHT_COLUMNS = ["W_FSTUWT"] + [f"W_FSTURWT{g}" for g in range(1, 81)]
 PV_COLUMNS = {domain: [f"PV{m}{domain}" for m in range(1, N_PLAUSIBLE_VALUES + 1)] for domain in DOMAINS}
 NUMERIC_COLUMNS = (
-    ["CNTSCHID", "ST004D01T", "ESCS", "TMINS", "DURECEC", "BELONG"] + WEIGHT_COLUMNS
+    ["CNTSCHID", "ST004D01T", "ESCS", "TMINS", "DURECEC", "BELONG", "IMMIG", "REPEAT", "OECD"] + WEIGHT_COLUMNS
     + [column for columns in PV_COLUMNS.values() for column in columns]
 )
 # The sample has no created_at: students are given one a few seconds apart, from a fixed moment.
@@ -25,9 +25,9 @@ SECONDS_BETWEEN_STUDENTS = 7.0
 
 def load_sample_columns() -> dict[str, dict[str, np.ndarray]]:
     """country -> column -> float array, PISA's missing codes (and empty cells) decoded to NaN."""
-    specs = {spec.name: spec for spec in read_codebook_csv(shared_path("pisa2018", "codebook.csv"))}
+    specs = {spec.name: spec for spec in read_codebook_csv(codebook_csv_path())}
     rows_by_country: dict[str, list[dict[str, str]]] = {country: [] for country in COUNTRIES}
-    with shared_path("pisa2018", "students_sample.csv").open(newline="", encoding="utf-8") as handle:
+    with students_sample_path().open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             rows_by_country[row["CNT"]].append(row)
 

@@ -24,7 +24,7 @@ from ingestion.pipeline import source_sync
 from metrics.services import country_metrics_refresh
 from pisa_site.embedded import free_port
 from pisa_site.wsgi import application
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path
 
 COUNTRIES = {"ALB": 30, "ARG": 20, "FRA": 12}
 UNREACHABLE_PASSWORD = "schema-run-s3cret"
@@ -49,7 +49,7 @@ def published(source_db, django_capture_on_commit_callbacks, django_user_model):
     from codebook.services import codebook_load_file
 
     with django_capture_on_commit_callbacks(execute=True):
-        codebook_load_file(path=shared_path("pisa2018", "codebook.csv"))
+        codebook_load_file(path=codebook_csv_path())
     for code, students in COUNTRIES.items():
         source = source_db(code)
         source.insert_students(students)

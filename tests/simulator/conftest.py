@@ -12,22 +12,22 @@ from sqlalchemy.engine import URL
 from codebook.catalogue import read_codebook_csv
 from simulator.schema import source_database_drop, url_template_on
 from simulator.students import StudentFactory
-from tests.conftest import shared_path
+from tests.conftest import codebook_csv_path, country_means_path, students_sample_path
 
 
 @pytest.fixture(scope="session")
 def specs():
-    return read_codebook_csv(shared_path("pisa2018", "codebook.csv"))
+    return read_codebook_csv(codebook_csv_path())
 
 
 @pytest.fixture
 def sample_path():
-    return shared_path("pisa2018", "students_sample.csv")
+    return students_sample_path()
 
 
 @pytest.fixture
 def means_path():
-    return shared_path("pisa2018", "oecd_2018_country_means.csv")
+    return country_means_path()
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def make_factory(specs, sample_path, means_path):
 @pytest.fixture
 def shared_settings(settings, specs):
     """The product's settings pointing at the shared reference data, as `make run` would find it next to the repo."""
-    settings.PISA_CODEBOOK_PATH = shared_path("pisa2018", "codebook.csv")
-    settings.PISA_SHARED_DIR = shared_path("pisa2018").parent
+    settings.PISA_CODEBOOK_PATH = codebook_csv_path()
+    settings.PISA_SHARED_DIR = students_sample_path().parent.parent
     return settings
 
 

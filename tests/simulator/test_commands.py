@@ -120,7 +120,7 @@ def test_replaying_the_shared_csv_splits_it_into_france_italy_and_mexico(
     control = SimulatorControl.objects.get()
     assert (control.rows_per_second, control.paused) == (2, False)  # a one-off replay leaves it alone
     replayed = {source.code: [row["cntstuid"] for row in source_rows(source)] for source in Source.objects.all()}
-    assert {code: len(ids) for code, ids in replayed.items()} == {"FRA": 311, "ITA": 593, "MEX": 365}
+    assert set(replayed) == {"FRA", "ITA", "MEX"}
     assert replayed == expected
 
 
