@@ -114,6 +114,8 @@ class VariableListApi(PublicApi):
     )
     def get(self, request: Request) -> Response:
         query_check(request.query_params, self.PARAMETERS)
+        if request.query_params.get("page") == "":  # DRF reads a blank number as absent; the schema says integer
+            raise BadInput("page: a valid integer is required (or leave it out for the first page)")
         filters = self.FilterSerializer(data=request.query_params)
         if not filters.is_valid():
             raise BadInput(field_errors(filters.errors))

@@ -7,12 +7,12 @@ each time and mostly gets an empty `304 Not Modified`.
 from __future__ import annotations
 
 from django.http import HttpResponse, JsonResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 
 from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
-from pisa_site.errors import NotFound
-from pisa_site.api import (ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, cached_json,
+from pisa_site.errors import BadInput, NotFound
+from pisa_site.api import (ETAG_HEADERS, FormatParameterIsOurs, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, cached_json,
                            fast_path, method_not_allowed, query_check)
 
 COUNTRIES_PARAMETER = countries_parameter("Absent or empty: every country with data.")
@@ -152,3 +152,56 @@ class VariableDistributionApi(PublicApi):
             return response
         etag = selectors.distribution_etag(variable, countries, entries)
         return cached_json(request, etag, lambda: selectors.distribution_bytes(variable, countries, entries, etag))
+
+
+ANALYSIS_RETRY_AFTER_SECONDS = 1
+ANALYSIS_PARAMETERS = [
+    OpenApiParameter("statistic", str, description="mean (default), sd, percentiles, percent, levels, correlation, "
+                     "slope"),
+    OpenApiParameter("target", str, required=True, description="a domain (READ, MATH, SCIE, RCLI, RCUN, RCER, RTSN, "
+                     "RTML, GLCM) or a codebook variable: continuous for mean/sd/percentiles/correlation/slope, "
+                     "categorical for percent"),
+    OpenApiParameter("by", str, description="up to two categorical variables, crossed (IMMIG,ST004D01T), or a "
+                     "continuous variable's national quarters (ESCS:quarters)"),
+    countries_parameter("Absent or empty: every country with data."),
+    OpenApiParameter("compare", str, description="average (of the countries shown), oecd (the OECD average) and/or "
+                     "country codes: each country's difference from them, with its SE and significance"),
+    OpenApiParameter("predictor", str, description="correlation and slope: a continuous variable such as ESCS"),
+    OpenApiParameter("format", str, enum=["json", "csv"], description="csv: one row per country x group x figure"),
+]
+
+
+class AnalysisApi(PublicApi):
+    content_negotiation_class = FormatParameterIsOurs
+
+    @extend_schema(parameters=[*ANALYSIS_PARAMETERS, IF_NONE_MATCH, *ETAG_HEADERS],
+                   responses={(200, "application/json"): OpenApiResponse(ref("Analysis"), description=(
+                                  "Estimates, averages and differences (docs/analysis.md)")),
+                              (200, "text/csv"): OpenApiResponse({"type": "string"}, description=(
+                                  "format=csv: the same as a tidy table")),
+                              202: OpenApiResponse(ref("AnalysisComputing"), description=(
+                                  "Being computed by the analysis worker: ask again after Retry-After seconds")),
+                              304: NOT_MODIFIED, 400: BAD_REQUEST})
+    def get(self, request):
+        spec = selectors.analysis_parse(request.GET)
+        form = request.GET.get("format") or "json"
+        if form not in ("json", "csv"):
+            raise BadInput(f"format {form[:20]!r}: say json or csv")
+        entries, missing, due = selectors.analysis_lookup(spec)
+        if missing or due:
+            missing = services.analysis_entries_bring_up_to_date(spec=spec, entries=entries, missing=missing, due=due)
+        if missing:
+            response = JsonResponse({"status": "computing", "key": spec.key,
+                                     "ready": sorted(entries), "computing": missing,
+                                     "retry_after_seconds": ANALYSIS_RETRY_AFTER_SECONDS}, status=202)
+            response["Retry-After"] = str(ANALYSIS_RETRY_AFTER_SECONDS)
+            response["Cache-Control"] = "no-store"
+            return response
+        etag = selectors.analysis_etag(spec, entries, form=form)
+        if form == "csv":
+            response = cached_json(request, etag, lambda: selectors.analysis_csv_bytes(spec, entries, etag))
+            if response.status_code == 200:
+                response["Content-Type"] = "text/csv; charset=utf-8"
+                response["Content-Disposition"] = f'attachment; filename="pisa-analysis-{spec.key}.csv"'
+            return response
+        return cached_json(request, etag, lambda: selectors.analysis_bytes(spec, entries, etag))

@@ -184,3 +184,35 @@ def distribution_claim(*, variable: str, country: str, seconds: float) -> bool:
 
 def country_versions(countries: Sequence[str]) -> list[bytes | None]:
     return redis_client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
+
+
+# --- Open analyses: one entry per (analysis, country), computed by the analysis worker (or in a small request) -----
+
+ANALYSIS = "pisa:metrics:analysis:{}:{}"
+ANALYSIS_CLAIM = "pisa:metrics:analysis:claim:{}:{}"
+
+
+def analysis_entries(key: str, countries: Sequence[str]) -> dict[str, dict]:
+    """The stored entries of an analysis; reading them renews their life (analyses nobody asks for expire)."""
+    if not countries:
+        return {}
+    names = [ANALYSIS.format(key, c) for c in countries]
+    pipe = redis_client().pipeline()
+    pipe.mget(names)
+    for name in names:
+        pipe.expire(name, settings.ANALYSIS_KEEP_SECONDS)
+    bodies = pipe.execute()[0]
+    return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
+
+
+def analysis_store(*, key: str, country: str, entry: dict) -> None:
+    body = json.dumps(entry, separators=(",", ":"), allow_nan=False)
+    pipe = redis_client().pipeline()
+    pipe.set(ANALYSIS.format(key, country), body, ex=settings.ANALYSIS_KEEP_SECONDS)
+    pipe.delete(ANALYSIS_CLAIM.format(key, country))
+    pipe.execute()
+
+
+def analysis_claim(*, key: str, country: str, seconds: float) -> bool:
+    """True for the first caller asking for this computation while none is queued or running (then it queues it)."""
+    return bool(redis_client().set(ANALYSIS_CLAIM.format(key, country), 1, nx=True, ex=max(1, int(seconds))))

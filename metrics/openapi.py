@@ -105,6 +105,53 @@ COMPONENTS = {
                            "description": "numeric variables"},
         }, required=["country", "students", "valid", "missing"])},
     }),
+    "AnalysisEstimate": _object({
+        "value": NUMBER_OR_NULL, "se": NUMBER_OR_NULL, "students": COUNT, "schools": COUNT,
+        "flagged": {"type": "boolean", "description": "fewer than 30 students or 5 schools"},
+        "flag_reason": STRING_OR_NULL,
+        "undefined": {**STRING_OR_NULL, "description": "why value is null (one student, no variation, no student)"},
+    }),
+    "AnalysisDifference": _object({
+        "value": NUMBER_OR_NULL, "se": NUMBER_OR_NULL,
+        "significant": {"type": "boolean", "nullable": True, "description": "|difference| > 1.96 SE"},
+        "undefined": STRING_OR_NULL,
+    }, required=["value", "se", "significant"]),
+    "Analysis": _object({
+        "analysis": _object({"statistic": {"type": "string"}, "target": {"type": "string"},
+                             "by": {"type": "array", "items": {"type": "string"}},
+                             "countries": {"type": "array", "items": COUNTRY},
+                             "compare": {"type": "array", "items": {"type": "string"}},
+                             "predictor": STRING_OR_NULL}),
+        "key": {"type": "string"},
+        "figures": {"type": "array", "items": {"type": "string"}},
+        "breakdown": {"type": "array", "items": _object({
+            "variable": {"type": "string"}, "label": {"type": "string"},
+            "groups": {"type": "array", "items": _object({"code": {"type": "number"}, "label": {"type": "string"}})}})},
+        "countries": {"type": "object", "additionalProperties": _object({
+            "students": COUNT, "oecd_member": {"type": "boolean"},
+            "cells": {"type": "array", "items": _object({
+                "group": {"type": "array", "items": {"type": "number"}},
+                "figures": {"type": "object", "additionalProperties": ref("AnalysisEstimate")}})},
+            "within_country_differences": {"type": "array", "items": {"allOf": [ref("AnalysisDifference"), _object({
+                "group": {"type": "array", "items": {"type": "number"}},
+                "versus": {"type": "array", "items": {"type": "number"}}, "figure": {"type": "string"}})]}},
+            "missing_breakdown": {"type": "object"},
+        }, required=["students", "oecd_member", "cells", "within_country_differences"])},
+        "averages": {"type": "array", "items": _object({
+            "of": {"type": "string", "enum": ["average", "oecd"]}, "group": {"type": "array"},
+            "figure": {"type": "string"}, "value": NUMBER_OR_NULL, "se": NUMBER_OR_NULL, "countries": COUNT})},
+        "comparisons": {"type": "array", "items": {"allOf": [ref("AnalysisDifference"), _object({
+            "country": COUNTRY, "versus": {"type": "string"}, "group": {"type": "array"},
+            "figure": {"type": "string"}})]}},
+        "computed_at": {"type": "object", "additionalProperties": {"type": "number"}},
+    }, required=["analysis", "key", "figures", "countries", "averages", "comparisons"]),
+    "AnalysisComputing": _object({
+        "status": {"type": "string", "enum": ["computing"]},
+        "key": {"type": "string"},
+        "ready": {"type": "array", "items": COUNTRY},
+        "computing": {"type": "array", "items": COUNTRY},
+        "retry_after_seconds": COUNT,
+    }),
     "DistributionComputing": _object({
         "status": {"type": "string", "enum": ["computing"]},
         "variable": {"type": "string"},

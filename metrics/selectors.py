@@ -6,11 +6,15 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+from django.conf import settings
 from django.utils import timezone
 
 from metrics import cache
 from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
+from metrics.analysis.engine import Z_95, analysis_document
+from metrics.analysis.request import AnalysisSpec
+from metrics.analysis.request import analysis_parse as analysis_request_parse
 from metrics.estimators import average_of_countries
 
 COUNTRY_CODE = "[A-Z]{3,8}"
@@ -226,3 +230,131 @@ def distribution_bytes(variable: dict, countries: Sequence[str], entries: dict[s
         "computed_at": {c: entries[c]["computed_at"] for c in countries},
         "countries": [entries[c]["result"] for c in countries],
     })
+
+
+# --- Open analyses (docs/analysis.md) ------------------------------------------------------------------------------
+
+ANALYSIS_CSV_COLUMNS = ("kind", "country", "group", "group_label", "figure", "versus", "estimate", "se", "ci_low",
+                        "ci_high", "students", "schools", "flagged", "flag_reason", "significant", "undefined")
+
+
+def analysis_parse(query) -> AnalysisSpec:
+    """The analysis a query asks for (BadInput says what is wrong and what is allowed)."""
+    from codebook.selectors import variable_specs
+    from ingestion.warehouse import pisa_variables
+
+    specs = variable_specs() or list(pisa_variables())
+    query = {name: query.get(name) for name in query}
+    query.pop("format", None)
+    return analysis_request_parse(query, specs=specs, known_countries=known_countries(),
+                                  countries_with_data=cache.published_countries())
+
+
+def analysis_countries_needed(spec: AnalysisSpec) -> list[str]:
+    """The countries shown and, for the OECD average, every country with data (its entry says if it is a member)."""
+    countries = list(spec.countries)
+    if "oecd" in spec.compare:
+        countries += [c for c in cache.published_countries() if c not in countries]
+    return countries
+
+
+def analysis_lookup(spec: AnalysisSpec) -> tuple[dict[str, dict], list[str], list[str]]:
+    """(the stored entries of the countries needed, those missing, those due again: older than
+    ANALYSIS_RECOMPUTE_SECONDS and their country or the codebook labels changed since). Reads Redis only."""
+    from codebook.selectors import labels_version
+
+    needed = analysis_countries_needed(spec)
+    entries = cache.analysis_entries(spec.key, needed)
+    labels = str(labels_version())
+    versions = dict(zip(needed, cache.country_versions(needed)))
+    now = time.time()
+    missing = [country for country in needed if country not in entries]
+    due = []
+    for country, entry in entries.items():
+        version = versions[country].decode() if versions.get(country) else None
+        if entry["labels"] != labels or (entry["country_version"] != version
+                                         and now - entry["computed_at"] > settings.ANALYSIS_RECOMPUTE_SECONDS):
+            due.append(country)
+    return entries, missing, due
+
+
+def analysis_etag(spec: AnalysisSpec, entries: dict[str, dict], *, form: str) -> str:
+    countries = sorted(entries)
+    stamps = [repr(entries[c]["computed_at"]).encode() for c in countries]
+    return cache.etag_of(f"analysis:{spec.key}:{form}", countries, stamps)
+
+
+def analysis_answer(spec: AnalysisSpec, entries: dict[str, dict]) -> dict:
+    from codebook.selectors import variable_specs
+    from ingestion.warehouse import pisa_variables
+
+    specs = {variable.name: variable for variable in (variable_specs() or pisa_variables())}
+    shown = {c: entries[c]["result"] for c in spec.countries if c in entries}
+    members = {c: entry["result"] for c, entry in entries.items() if entry["result"]["oecd_member"]}
+    document = analysis_document(spec, shown, members if "oecd" in spec.compare else {}, specs)
+    document["computed_at"] = {c: entries[c]["computed_at"] for c in sorted(entries)}
+    return document
+
+
+def analysis_bytes(spec: AnalysisSpec, entries: dict[str, dict], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: analysis_answer(spec, entries))
+
+
+def _group_text(document: dict, group: list) -> tuple[str, str]:
+    if not group:
+        return "all", "all students"
+    labels = []
+    for breakdown, code in zip(document["breakdown"], group):
+        label = next((g["label"] for g in breakdown["groups"] if g["code"] == code), str(code))
+        labels.append(f"{breakdown['variable']}={label}")
+    return "|".join(str(code) for code in group), "; ".join(labels)
+
+
+def _csv_row(kind: str, country: str, group: tuple[str, str], figure: str, versus: str, estimate: dict) -> dict:
+    value, se = estimate.get("value"), estimate.get("se")
+    has_ci = value is not None and se is not None
+    return {"kind": kind, "country": country, "group": group[0], "group_label": group[1], "figure": figure,
+            "versus": versus, "estimate": value, "se": se,
+            "ci_low": value - Z_95 * se if has_ci else None, "ci_high": value + Z_95 * se if has_ci else None,
+            "students": estimate.get("students", estimate.get("countries")), "schools": estimate.get("schools"),
+            "flagged": estimate.get("flagged"), "flag_reason": estimate.get("flag_reason"),
+            "significant": estimate.get("significant"), "undefined": estimate.get("undefined")}
+
+
+def analysis_rows(document: dict) -> list[dict]:
+    """The answer as a tidy table: one row per country x group x figure (estimates, then averages, then every
+    difference with what it is taken against)."""
+    rows = []
+    for country, result in document["countries"].items():
+        for cell in result["cells"]:
+            group = _group_text(document, cell["group"])
+            rows += [_csv_row("estimate", country, group, figure, "", estimate)
+                     for figure, estimate in cell["figures"].items()]
+        for diff in result["within_country_differences"]:
+            rows.append(_csv_row("group difference", country, _group_text(document, diff["group"]), diff["figure"],
+                                 _group_text(document, diff["versus"])[1], diff))
+    for average in document["averages"]:
+        rows.append(_csv_row("average", average["of"].upper() if average["of"] == "oecd" else "AVERAGE",
+                             _group_text(document, average["group"]), average["figure"], "", average))
+    for comparison in document["comparisons"]:
+        rows.append(_csv_row("country difference", comparison["country"],
+                             _group_text(document, comparison["group"]), comparison["figure"], comparison["versus"],
+                             comparison))
+    return rows
+
+
+def rows_as_csv(rows: list[dict], columns: Sequence[str]) -> bytes:
+    """A CSV that opens as-is in Excel and pandas: UTF-8 with a byte-order mark, a header, empty cells for null."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return ("\ufeff" + buffer.getvalue()).encode("utf-8")
+
+
+def analysis_csv_bytes(spec: AnalysisSpec, entries: dict[str, dict], etag: str) -> bytes:
+    return rows_as_csv(analysis_rows(analysis_answer(spec, entries)), ANALYSIS_CSV_COLUMNS)

@@ -14,8 +14,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ingestion.warehouse import (countries_with_students, country_figures_status_set, country_freshness,
-                                 country_reloading, country_students_recheck, country_write_lock)
+                                 country_reloading, country_students_recheck, country_write_lock,
+                                 pisa_variables)
 from metrics import cache
+from metrics.analysis.data import country_data
+from metrics.analysis.engine import country_analysis
+from metrics.analysis.request import AnalysisSpec
 from metrics.distribution import country_distribution, variable_position
 from metrics.estimators import country_statistics, score_percentiles
 from metrics.models import CountryMetricsState
@@ -287,3 +291,63 @@ def countries_with_data() -> list[str]:
     codes = countries_with_students()
     codes.update(CountryMetricsState.objects.values_list("country", flat=True))
     return sorted(codes)
+
+
+# --- Open analyses (docs/analysis.md) ------------------------------------------------------------------------------
+
+ANALYSIS_TASK = "metrics.analysis_country"
+ANALYSIS_CLAIM_SECONDS = 120
+
+
+def analyses_request(*, spec: AnalysisSpec, countries: Sequence[str]) -> list[str]:
+    """Queue, on the analysis worker, each of these countries' part of an analysis not already queued or running;
+    returns those queued."""
+    from pisa_site.celery import app
+
+    queued = []
+    for country in countries:
+        if cache.analysis_claim(key=spec.key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
+            app.send_task(ANALYSIS_TASK, args=[spec.as_dict(), country], queue="analysis")
+            queued.append(country)
+    return queued
+
+
+def country_analysis_refresh(*, spec: AnalysisSpec, country: str) -> dict:
+    """Compute one country's part of an analysis over its students and store it for the API. Idempotent."""
+    from codebook.selectors import labels_version
+
+    # Read before the students: an entry is at least as new as the version it carries.
+    [version] = cache.country_versions([country])
+    labels = str(labels_version())
+    specs = {variable.name: variable for variable in pisa_variables()}
+    result = country_analysis(spec, country_data(spec, country), specs)
+    entry = {"computed_at": time.time(), "country_version": version.decode() if version else None,
+             "labels": labels, "result": result}
+    cache.analysis_store(key=spec.key, country=country, entry=entry)
+    return entry
+
+
+def analysis_small_enough_to_compute_now(*, countries: Sequence[str]) -> bool:
+    """Whether these countries' parts of an analysis may be computed inside the request (a few tens of ms) rather
+    than by the analysis worker: at most ANALYSIS_INLINE_MAX_STUDENTS students between them."""
+    from ingestion.warehouse import Student
+
+    return Student.objects.filter(country__in=list(countries)).count() <= settings.ANALYSIS_INLINE_MAX_STUDENTS
+
+
+def analysis_entries_bring_up_to_date(*, spec: AnalysisSpec, entries: dict[str, dict], missing: Sequence[str],
+                                      due: Sequence[str]) -> list[str]:
+    """Compute the missing and due entries of an analysis: inside the request when their countries are small (each
+    by the one request that claims it; the others serve the entry they have), else on the analysis worker. Updates
+    `entries`; returns the countries still missing (the caller answers 202)."""
+    stale = [*missing, *due]
+    if not analysis_small_enough_to_compute_now(countries=stale):
+        analyses_request(spec=spec, countries=stale)
+        return list(missing)
+    still_missing = []
+    for country in stale:
+        if cache.analysis_claim(key=spec.key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
+            entries[country] = country_analysis_refresh(spec=spec, country=country)
+        elif country in missing:
+            still_missing.append(country)
+    return still_missing

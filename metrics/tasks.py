@@ -10,7 +10,9 @@ from django.utils import timezone
 
 from ingestion.warehouse import countries_with_stale_figures
 from metrics.scheduling import refresh_request, refresh_started
-from metrics.services import PERCENTILES_SECONDS, country_distribution_refresh, country_metrics_refresh
+from metrics.analysis.request import AnalysisSpec
+from metrics.services import (PERCENTILES_SECONDS, country_analysis_refresh, country_distribution_refresh,
+                              country_metrics_refresh)
 from metrics.warehouse import countries_with_changes_recorded_before, countries_with_percentiles_behind
 
 REFRESH_SOFT_TIME_LIMIT = 60
@@ -50,3 +52,15 @@ def distribution_country(variable: str, country: str) -> None:
     """On the analysis queue, apart from the refreshes: it reads every student of a country (seconds at PISA size),
     and a refresh must never wait behind it. Idempotent: a redelivered message recomputes the same entry."""
     country_distribution_refresh(variable=variable, country=country)
+
+
+ANALYSIS_SOFT_TIME_LIMIT = 90
+ANALYSIS_TIME_LIMIT = 110  # below the claim's life (metrics.services.ANALYSIS_CLAIM_SECONDS)
+
+
+@shared_task(name="metrics.analysis_country", ignore_result=True, acks_late=True, reject_on_worker_lost=True,
+             soft_time_limit=ANALYSIS_SOFT_TIME_LIMIT, time_limit=ANALYSIS_TIME_LIMIT)
+def analysis_country(analysis: dict, country: str) -> None:
+    """One country's part of an open analysis, on the analysis queue (it reads every student of the country).
+    Idempotent: a redelivered message recomputes the same entry."""
+    country_analysis_refresh(spec=AnalysisSpec.from_dict(analysis), country=country)

@@ -4,6 +4,7 @@ from metrics import apis
 from metrics.selectors import FORAGE_CHARTS
 
 urlpatterns = [
+    path("analyses/", apis.AnalysisApi.as_view(), name="analyses"),
     path("countries/", apis.CountryListApi.as_view(), name="country-list"),
     path("countries/<str:code>/", apis.CountryDetailApi.as_view(), name="country-detail"),
     path("variables/<str:name>/distribution/", apis.VariableDistributionApi.as_view(), name="variable-distribution"),

@@ -15,6 +15,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -75,6 +76,14 @@ class PublicApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+
+
+class FormatParameterIsOurs(DefaultContentNegotiation):
+    """For views that read `?format=` themselves (json or csv, refused with a 400 otherwise): DRF's negotiation
+    would answer an unknown format with a 404 of its own."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
 
 
 class StaffPermission(BasePermission):

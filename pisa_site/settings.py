@@ -40,6 +40,13 @@ SHIPPED_COUNTRY_MEANS_PATH = BASE_DIR / "simulator" / "data" / "oecd_2018_countr
 PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or SHIPPED_CODEBOOK_PATH)
 PISA_COUNTRY_MEANS_PATH = Path(os.environ.get("PISA_COUNTRY_MEANS_PATH") or SHIPPED_COUNTRY_MEANS_PATH)
 
+# Open analyses (docs/analysis.md): an analysis's per-country answer is recomputed at most this often while its
+# country changes; kept this long after it was last asked for; computed inside the request (instead of by the
+# analysis worker, with a 202) when the countries still to compute hold at most this many students.
+ANALYSIS_RECOMPUTE_SECONDS = float(os.environ.get("ANALYSIS_RECOMPUTE_SECONDS", "1"))
+ANALYSIS_KEEP_SECONDS = int(os.environ.get("ANALYSIS_KEEP_SECONDS", "3600"))
+ANALYSIS_INLINE_MAX_STUDENTS = int(os.environ.get("ANALYSIS_INLINE_MAX_STUDENTS", "20000"))
+
 # A management command or test run started outside `make run` finds embedded servers that are already up. Only then
 # is the development launcher imported: a deployment gives both URLs.
 if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
