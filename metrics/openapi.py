@@ -29,6 +29,13 @@ COUNTRY = {"type": "string", "pattern": f"^{COUNTRY_CODE}$"}
 SCORE_STATISTICS = ["mean", "below_level2", "gender_gap", "escs_gradient", "escs_strength"]
 BACKGROUND_STATISTICS = ["escs_mean", "learning_hours_per_week", "durecec_mean", "belong_mean", "girls_share"]
 
+def _computing(name_field: str) -> dict:
+    """A 202 answer: which countries are ready and which are still being computed by the analysis worker."""
+    return _object({"status": {"type": "string", "enum": ["computing"]}, name_field: {"type": "string"},
+                    "ready": {"type": "array", "items": COUNTRY}, "computing": {"type": "array", "items": COUNTRY},
+                    "retry_after_seconds": COUNT})
+
+
 COMPONENTS = {
     "Estimate": _object({
         "value": NUMBER_OR_NULL,
@@ -145,20 +152,8 @@ COMPONENTS = {
             "figure": {"type": "string"}})]}},
         "computed_at": {"type": "object", "additionalProperties": {"type": "number"}},
     }, required=["analysis", "key", "figures", "countries", "averages", "comparisons"]),
-    "AnalysisComputing": _object({
-        "status": {"type": "string", "enum": ["computing"]},
-        "key": {"type": "string"},
-        "ready": {"type": "array", "items": COUNTRY},
-        "computing": {"type": "array", "items": COUNTRY},
-        "retry_after_seconds": COUNT,
-    }),
-    "DistributionComputing": _object({
-        "status": {"type": "string", "enum": ["computing"]},
-        "variable": {"type": "string"},
-        "ready": {"type": "array", "items": COUNTRY},
-        "computing": {"type": "array", "items": COUNTRY},
-        "retry_after_seconds": COUNT,
-    }),
+    "AnalysisComputing": _computing("key"),
+    "DistributionComputing": _computing("variable"),
 }
 
 FORAGE_RESPONSES = {

@@ -13,10 +13,10 @@ import numpy as np
 
 from codebook.catalogue import VariableSpec
 from ingestion.warehouse import SCORE_DOMAINS, WEIGHTS, Student, pisa_variables
-from metrics.analysis.request import PV_DOMAINS, AnalysisSpec
+from metrics.analysis.request import AnalysisSpec
+from metrics.sufficient import N_PLAUSIBLE_VALUES
 from metrics.warehouse import _copy_floats
 
-N_PLAUSIBLE_VALUES = 10
 # A raw field that is a number (the COPY text of a float or an integer); anything else ('NA', '\N', text) is NULL.
 _NUMBER = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
@@ -80,5 +80,3 @@ def country_data(spec: AnalysisSpec, country: str) -> CountryData:
         column += width
     return CountryData(weights=weights, school_id=matrix[:, 0].astype(np.int64), values=values)
 
-
-__all__ = ["PV_DOMAINS", "CountryData", "country_data", "variables_needed"]
