@@ -46,7 +46,12 @@ ETAG_HEADERS = [
 NOT_MODIFIED = OpenApiResponse(description="Not modified since the ETag sent in If-None-Match (no body)")
 
 
-def query_problem(query: QueryDict, allowed: Collection[str]) -> str | None:
+# DRF reads `?format=json|api` itself (and refuses other values with a 404) on the DRF views.
+DRF_QUERY_PARAMETERS = ("format",)
+
+
+def query_problem(query: QueryDict, allowed: Collection[str], *,
+                  unmentioned: Collection[str] = DRF_QUERY_PARAMETERS) -> str | None:
     """Why the API refuses these query parameters, or None when it takes them: names it does not know (DRF's own
     `format` switch aside, see `DRF_QUERY_PARAMETERS`), or a name given more than once."""
     unknown = []
@@ -59,12 +64,8 @@ def query_problem(query: QueryDict, allowed: Collection[str]) -> str | None:
         return None
     names = ", ".join(_shown(name) for name in unknown[:MAX_NAMES_SHOWN]) + (" ..." if len(unknown) > MAX_NAMES_SHOWN
                                                                           else "")
-    takes = ", ".join(sorted(set(allowed) - set(DRF_QUERY_PARAMETERS))) or "no query parameters"
+    takes = ", ".join(sorted(set(allowed) - set(unmentioned))) or "no query parameters"
     return f"unknown query parameter(s): {names} (this URL takes {takes})"
-
-
-# DRF reads `?format=json|api` itself (and refuses other values with a 404) on the DRF views.
-DRF_QUERY_PARAMETERS = ("format",)
 
 
 def _shown(name: str) -> str:
@@ -140,9 +141,10 @@ def exception_handler(exc, context):
     return response
 
 
-def query_check(query: QueryDict, allowed: Collection[str]) -> None:
+def query_check(query: QueryDict, allowed: Collection[str], *,
+                unmentioned: Collection[str] = DRF_QUERY_PARAMETERS) -> None:
     """Raise BadInput when the API does not take these query parameters (see `query_problem`)."""
-    if problem := query_problem(query, allowed):
+    if problem := query_problem(query, allowed, unmentioned=unmentioned):
         raise BadInput(problem)
 
 

@@ -355,11 +355,11 @@ def _other_gender(value):
     return swap.get(value, value)
 
 
-def injection_update(*, handle: SourceHandle, count: int) -> Injection:
+def injection_update(*, handle: SourceHandle, count: int, spare: Sequence[int] = ()) -> Injection:
     """Change existing rows in place (created_at and id untouched, so a cursor alone never sees it): the student's
-    gender is swapped and the ten mathematics PVs move up by 25 points."""
+    gender is swapped and the ten mathematics PVs move up by 25 points. Rows with ids in `spare` are left alone."""
     pv_columns = [f"pv{m}math" for m in range(1, 11)]
-    picked = _random_rows(handle, count, ["cntstuid", "st004d01t", *pv_columns])
+    picked = _random_rows(handle, count, ["cntstuid", "st004d01t", *pv_columns], exclude=spare)
     table = handle.table
     changes = []
     with handle.engine.begin() as connection:
@@ -384,10 +384,11 @@ def _rows_with_ids(handle: SourceHandle, ids: Sequence[int], columns: list[str])
         return [dict(row._mapping) for row in connection.execute(query.order_by(table.c.id))]
 
 
-def injection_delete(*, handle: SourceHandle, count: int, ids: Sequence[int] = ()) -> Injection:
-    """Delete `count` random rows, plus the rows with these ids (a chosen victim, such as the row that superseded a
-    duplicate CNTSTUID)."""
-    picked = _random_rows(handle, count, ["cntstuid"], exclude=ids) if count else []
+def injection_delete(*, handle: SourceHandle, count: int, ids: Sequence[int] = (),
+                     spare: Sequence[int] = ()) -> Injection:
+    """Delete `count` random rows (never one with an id in `spare`), plus the rows with these ids (a chosen victim,
+    such as the row that superseded a duplicate CNTSTUID)."""
+    picked = _random_rows(handle, count, ["cntstuid"], exclude=[*ids, *spare]) if count else []
     if ids:
         picked += _rows_with_ids(handle, ids, ["cntstuid"])
     ids = [row["id"] for row in picked]

@@ -223,6 +223,7 @@ class FaultSteps:
             self.say("note: text in a numeric column needs a text-style source; there is none among the targets")
         duplicates = [row for row in rows if row["problem"] == "duplicate_cntstuid"]
         spoiled = [row["id"] for row in rows if row["problem"] != "duplicate_cntstuid"]
+        self.bad_row_ids = [row["id"] for row in rows]
         # The duplicates share one CNTSTUID and one created_at: the one with the highest id is the latest, kept.
         kept = max((row["id"] for row in duplicates), default=None)
 
@@ -270,8 +271,9 @@ class FaultSteps:
                          .values_list("superseded_row_id", flat=True))
         handle = self._open(source)
         try:
-            updated = injection_update(handle=handle, count=UPDATED_ROWS)
-            deleted = injection_delete(handle=handle, count=DELETED_ROWS, ids=victims)
+            # The quarantined rows of the bad-rows step are its evidence (tests and verify read their reasons).
+            updated = injection_update(handle=handle, count=UPDATED_ROWS, spare=self.bad_row_ids)
+            deleted = injection_delete(handle=handle, count=DELETED_ROWS, ids=victims, spare=self.bad_row_ids)
         finally:
             handle.dispose()
         deleted_ids = deleted.details["ids"]

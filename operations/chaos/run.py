@@ -41,6 +41,7 @@ class ChaosRun(FaultSteps, ProofSteps):
         self.step: StepOutcome | None = None
         self.faults_done_at: dt.datetime | None = None
         self.duplicate: tuple[int, int] | None = None  # (kept row id, CNTSTUID) of the injected duplicates
+        self.bad_row_ids: list[int] = []  # the rows bad-rows inserted: later steps leave them alone
 
     # --- output ---
     def say(self, message: str) -> None:

@@ -28,6 +28,8 @@ def operations() -> tuple[dict[str, set[str]], set[str]]:
 
 OPERATIONS, RESTRICTED = operations()
 WITH_COUNTRIES = sorted(path for path, names in OPERATIONS.items() if "countries" in names)
+# What a URL needs besides the parameter under test to be a valid request (an analysis needs its target).
+REQUIRED = {"/api/v1/analyses/": {"target": "READ"}}
 
 
 @pytest.fixture
@@ -44,7 +46,11 @@ def caller(client, admin_user):
 
 
 def refused(client, path: str, query: dict | str, status: int = 400) -> str:
-    response = client.get(path, query) if isinstance(query, dict) else client.get(f"{path}?{query}")
+    required = REQUIRED.get(path, {})
+    if isinstance(query, dict):
+        response = client.get(path, required | query)
+    else:
+        response = client.get(f"{path}?{query}" + "".join(f"&{name}={value}" for name, value in required.items()))
     assert response.status_code == status, (path, query, response.status_code, response.content[:300])
     assert response["Content-Type"].startswith("application/json")
     message = response.json()["error"]
@@ -53,7 +59,7 @@ def refused(client, path: str, query: dict | str, status: int = 400) -> str:
 
 
 def test_the_schema_lists_every_endpoint():
-    assert len(OPERATIONS) == 15 and len(WITH_COUNTRIES) == 7
+    assert len(OPERATIONS) == 16 and len(WITH_COUNTRIES) == 8
     assert RESTRICTED == {"/api/v1/sources/FRA/quarantine/", "/api/v1/sources/FRA/quarantine/1/"}
 
 
@@ -68,7 +74,8 @@ def test_an_unknown_parameter_is_a_400_that_names_it(small_codebook, caller, pat
 @pytest.mark.parametrize("path", sorted(path for path, names in OPERATIONS.items() if names))
 def test_a_parameter_given_twice_is_a_400(small_codebook, caller, path):
     name = sorted(OPERATIONS[path])[0]
-    value = {"countries": "FRA", "page": "1", "kind": "weight", "section": "weights", "search": "x"}[name]
+    value = {"countries": "FRA", "page": "1", "kind": "weight", "section": "weights", "search": "x", "by": "ST004D01T",
+             "compare": "average", "format": "json", "predictor": "ESCS", "statistic": "mean", "target": "READ"}[name]
     assert refused(caller(path), path, f"{name}={value}&{name}={value}") == f"'{name}' is given 2 times: give it once"
 
 
@@ -96,8 +103,9 @@ def test_a_good_country_list_is_answered(small_codebook, client, path):
     """The control of the refusals above: known codes, even without data yet, are answered (a distribution says 202
     while the analysis worker computes it)."""
     answered = {202} if "/distribution/" in path else {200}
-    assert client.get(path, {"countries": "FRA,ITA"}).status_code in answered
-    assert client.get(path, {"countries": ""}).status_code == 200  # empty: every country with data (none: nothing to compute)
+    required = REQUIRED.get(path, {})
+    assert client.get(path, required | {"countries": "FRA,ITA"}).status_code in answered
+    assert client.get(path, required | {"countries": ""}).status_code == 200  # empty: every country with data (none: nothing to compute)
 
 
 LIST = "/api/v1/codebook/variables/"
