@@ -33,7 +33,7 @@ DUPLICATE = DuplicateStudent._meta.db_table
 STAGING = "ingest_staging"
 ADVISORY_LOCK_NAMESPACE = 7_118  # first key of pg_advisory_xact_lock(int, int): "PISA warehouse writes"
 ANALYSIS = ", ".join(ANALYSIS_COLUMNS)
-CHANGE_COLUMNS = f"country, cntschid, source_created_at, {ANALYSIS}"
+CHANGE_COLUMNS = f"country, cntschid, source_created_at, {ANALYSIS}, raw"
 
 
 @dataclass
@@ -262,7 +262,7 @@ _EVERY_STUDENT_NEW_SQL = f"""
 # In the order of the fields of `_new_students_payloads`.
 NEW_STUDENT_COLUMNS = (f"source_id, cntstuid, source_row_id, loaded_at, raw_md5, source_created_at, cntschid, country, "
                        f"{ANALYSIS}, raw")
-NEW_CHANGE_COLUMNS = f"sign, recorded_at, source_created_at, cntschid, country, {ANALYSIS}"
+NEW_CHANGE_COLUMNS = f"sign, recorded_at, source_created_at, cntschid, country, {ANALYSIS}, raw"
 
 
 @dataclass(frozen=True)
@@ -305,8 +305,8 @@ def _nullable_float8_fields(values: np.ndarray) -> tuple[bytes, list[int]]:
 def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, now: dt.datetime
                            ) -> tuple[io.BytesIO, io.BytesIO]:
     """The student rows and their +1 change-log rows in binary COPY format (NEW_STUDENT_COLUMNS and
-    NEW_CHANGE_COLUMNS). The fixed-width fields of every row are one NumPy assignment; the analysis fields (NULL or
-    not) and raw are appended per row."""
+    NEW_CHANGE_COLUMNS, both ending with raw). The fixed-width fields of every row are one NumPy assignment; the
+    analysis fields (NULL or not) and raw are appended per row."""
     good, index = batch.good, batch.good_index
     country_bytes = country.encode()
     created = _created_microseconds(batch)
@@ -341,9 +341,9 @@ def _new_students_payloads(batch: Transformed, *, source_id: int, country: str, 
     for k, i in enumerate(index):
         values = analysis[starts[k]:starts[k + 1]]
         raw = good.raw[i]
-        student_parts += (student_bytes[k * student_size:(k + 1) * student_size], values,
-                          struct.pack(">i", len(raw)), raw)
-        change_parts += (change_bytes[k * change_size:(k + 1) * change_size], values)
+        raw_field = struct.pack(">i", len(raw))
+        student_parts += (student_bytes[k * student_size:(k + 1) * student_size], values, raw_field, raw)
+        change_parts += (change_bytes[k * change_size:(k + 1) * change_size], values, raw_field, raw)
     student_parts.append(_BINARY_TRAILER)
     change_parts.append(_BINARY_TRAILER)
     return io.BytesIO(b"".join(student_parts)), io.BytesIO(b"".join(change_parts))

@@ -152,6 +152,8 @@ class StudentChange(AnalysisValues):
 
     sign = models.SmallIntegerField()
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # The version's whole line, as Student.raw: open analyses fold any codebook variable, not only the typed ones.
+    raw = models.TextField(default="")
 
     class Meta:
         indexes = [models.Index(fields=["country", "id"], name="change_country_id")]

@@ -36,6 +36,12 @@ VIEW = "pisa:metrics:view:{}"
 VIEW_TTL_SECONDS = 120
 
 
+def version_change_id(version: str) -> int:
+    """The change-log position a country's published version starts with (metrics.services._published_version)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def country_document_publish(*, country: str, document: dict, version: str) -> None:
     body = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     pipe = redis_client().pipeline()
@@ -186,33 +192,94 @@ def country_versions(countries: Sequence[str]) -> list[bytes | None]:
     return redis_client().mget([COUNTRY_VERSION.format(c) for c in countries]) if countries else []
 
 
-# --- Open analyses: one entry per (analysis, country), computed by the analysis worker (or in a small request) -----
+# --- Open analyses: one entry per (analysis part, country), kept current by the metrics refresh (foldable ones) or
+# recomputed when due (metrics.selectors.analysis_lookup). An analysis part is registered when first computed; the
+# least recently asked ones are forgotten beyond ANALYSIS_MAX_REGISTERED, and any not asked for ANALYSIS_KEEP_SECONDS.
 
 ANALYSIS = "pisa:metrics:analysis:{}:{}"
+ANALYSIS_STATE = "pisa:metrics:analysis:state:{}:{}"
 ANALYSIS_CLAIM = "pisa:metrics:analysis:claim:{}:{}"
+ANALYSIS_SPEC = "pisa:metrics:analysis:spec:{}"
+ANALYSES_REGISTERED = "pisa:metrics:analyses"  # sorted set: part key -> when last asked for (Unix seconds)
 
 
 def analysis_entries(key: str, countries: Sequence[str]) -> dict[str, dict]:
-    """The stored entries of an analysis; reading them renews their life (analyses nobody asks for expire)."""
+    """The stored entries of an analysis part; reading them renews their life and the part's registration."""
     if not countries:
         return {}
     names = [ANALYSIS.format(key, c) for c in countries]
-    pipe = redis_client().pipeline()
+    pipe = redis_client().pipeline(transaction=False)
     pipe.mget(names)
     for name in names:
         pipe.expire(name, settings.ANALYSIS_KEEP_SECONDS)
+    pipe.zadd(ANALYSES_REGISTERED, {key: time.time()}, xx=True)
     bodies = pipe.execute()[0]
     return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
 
 
-def analysis_store(*, key: str, country: str, entry: dict) -> None:
+def analysis_store(*, key: str, country: str, entry: dict, state: bytes | None = None, pipe=None) -> None:
+    """Store a country's entry (and the running state of a foldable part); with `pipe`, only queue the commands."""
     body = json.dumps(entry, separators=(",", ":"), allow_nan=False)
-    pipe = redis_client().pipeline()
+    own = pipe is None
+    pipe = redis_client().pipeline(transaction=False) if own else pipe
     pipe.set(ANALYSIS.format(key, country), body, ex=settings.ANALYSIS_KEEP_SECONDS)
+    if state is not None:
+        pipe.set(ANALYSIS_STATE.format(key, country), state, ex=settings.ANALYSIS_KEEP_SECONDS)
     pipe.delete(ANALYSIS_CLAIM.format(key, country))
-    pipe.execute()
+    if own:
+        pipe.execute()
+
+
+def analysis_forget(*, key: str, country: str, pipe=None) -> None:
+    """Drop a country's entry and state (they will be computed again when asked for)."""
+    (pipe or redis_client()).delete(ANALYSIS.format(key, country), ANALYSIS_STATE.format(key, country))
 
 
 def analysis_claim(*, key: str, country: str, seconds: float) -> bool:
     """True for the first caller asking for this computation while none is queued or running (then it queues it)."""
     return bool(redis_client().set(ANALYSIS_CLAIM.format(key, country), 1, nx=True, ex=max(1, int(seconds))))
+
+
+def analysis_register(*, key: str, part: dict) -> list[str]:
+    """Register an analysis part (its states are then folded by every refresh); returns the keys of the least
+    recently asked parts forgotten to stay within ANALYSIS_MAX_REGISTERED (their entries and states are dropped)."""
+    client = redis_client()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(ANALYSIS_SPEC.format(key), json.dumps(part), ex=settings.ANALYSIS_KEEP_SECONDS)
+    pipe.zadd(ANALYSES_REGISTERED, {key: time.time()})
+    pipe.zcard(ANALYSES_REGISTERED)
+    count = pipe.execute()[2]
+    excess = count - settings.ANALYSIS_MAX_REGISTERED
+    if excess <= 0:
+        return []
+    forgotten = [member.decode() for member, _ in client.zpopmin(ANALYSES_REGISTERED, excess)]
+    countries = published_countries()
+    pipe = client.pipeline(transaction=False)
+    for old in forgotten:
+        pipe.delete(ANALYSIS_SPEC.format(old), *(name.format(old, c) for c in countries
+                                                  for name in (ANALYSIS, ANALYSIS_STATE)))
+    pipe.execute()
+    return forgotten
+
+
+def analyses_registered_states(country: str) -> dict[str, tuple[dict, bytes]]:
+    """The registered parts asked for within ANALYSIS_KEEP_SECONDS that hold a state of this country:
+    part key -> (part as a dict, state bytes). Parts not asked for that long are unregistered here."""
+    client = redis_client()
+    idle_since = time.time() - settings.ANALYSIS_KEEP_SECONDS
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(ANALYSES_REGISTERED, "-inf", idle_since)
+    pipe.zrange(ANALYSES_REGISTERED, 0, -1)
+    keys = [member.decode() for member in pipe.execute()[1]]
+    if not keys:
+        return {}
+    states = client.mget([ANALYSIS_STATE.format(key, country) for key in keys])
+    held = [(key, state) for key, state in zip(keys, states) if state is not None]
+    if not held:
+        return {}
+    parts = client.mget([ANALYSIS_SPEC.format(key) for key, _ in held])
+    return {key: (json.loads(part), state) for (key, state), part in zip(held, parts) if part is not None}
+
+
+def analysis_pipeline():
+    return redis_client().pipeline(transaction=False)

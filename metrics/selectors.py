@@ -10,10 +10,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from metrics import cache
+from pisa_site.api import query_check
 from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
 from metrics.analysis.engine import Z_95, analysis_document
-from metrics.analysis.request import AnalysisSpec
+from metrics.analysis.request import QUERY_PARAMETERS as ANALYSIS_QUERY_PARAMETERS, AnalysisSpec
 from metrics.analysis.request import analysis_parse as analysis_request_parse
 from metrics.estimators import average_of_countries
 
@@ -243,6 +244,8 @@ def analysis_parse(query) -> AnalysisSpec:
     from codebook.selectors import variable_specs
     from ingestion.warehouse import pisa_variables
 
+    query_check(query, ANALYSIS_QUERY_PARAMETERS, unmentioned=())  # the API's one wording for unknown and repeated parameters
+    _country_codes(query.get("countries"))  # and for the syntax of a country list
     specs = variable_specs() or list(pisa_variables())
     query = {name: query.get(name) for name in query}
     query.pop("format", None)
@@ -264,7 +267,7 @@ def analysis_lookup(spec: AnalysisSpec) -> tuple[dict[str, dict], list[str], lis
     from codebook.selectors import labels_version
 
     needed = analysis_countries_needed(spec)
-    entries = cache.analysis_entries(spec.key, needed)
+    entries = cache.analysis_entries(spec.part_key, needed)
     labels = str(labels_version())
     versions = dict(zip(needed, cache.country_versions(needed)))
     now = time.time()
@@ -272,8 +275,12 @@ def analysis_lookup(spec: AnalysisSpec) -> tuple[dict[str, dict], list[str], lis
     due = []
     for country, entry in entries.items():
         version = versions[country].decode() if versions.get(country) else None
-        if entry["labels"] != labels or (entry["country_version"] != version
-                                         and now - entry["computed_at"] > settings.ANALYSIS_RECOMPUTE_SECONDS):
+        if entry["labels"] != labels:
+            due.append(country)
+        elif "change_id" in entry:  # folded by the refreshes: due only when one of them could not fold it
+            if version is not None and entry["change_id"] < cache.version_change_id(version):
+                due.append(country)
+        elif entry["country_version"] != version and now - entry["computed_at"] > settings.ANALYSIS_RECOMPUTE_SECONDS:
             due.append(country)
     return entries, missing, due
 

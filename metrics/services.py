@@ -17,9 +17,10 @@ from ingestion.warehouse import (countries_with_students, country_figures_status
                                  country_reloading, country_students_recheck, country_write_lock,
                                  pisa_variables)
 from metrics import cache
-from metrics.analysis.data import country_data
-from metrics.analysis.engine import country_analysis
+from metrics.analysis.data import country_changes, country_data, country_data_at_change, rows_of
+from metrics.analysis.engine import country_analysis, state_analysis
 from metrics.analysis.request import AnalysisSpec
+from metrics.analysis.state import AnalysisState, foldable
 from metrics.distribution import country_distribution, variable_position
 from metrics.estimators import country_statistics, score_percentiles
 from metrics.models import CountryMetricsState
@@ -163,6 +164,7 @@ def _fold_and_publish(country: str, force_percentiles: bool) -> tuple[int, bool]
         row, state, changes, newest_change = _locked_state_with_changes(country)
         if changes:
             row.state = state.to_bytes()  # the ~400 KB state only when changes were folded
+            analyses_fold(country=country, after_id=row.last_change_id, up_to_id=newest_change)
             prune_changes(country, newest_change)
             row.last_change_id = newest_change
             row.save(update_fields=["state", "last_change_id", "updated_at"])
@@ -247,6 +249,7 @@ def _rebuild(country: str, verify: bool) -> RebuildResult:
             row.state = rebuilt.to_bytes()
             _percentiles_store(row, _percentiles(students.weights, students.pv, students.school_id), newest_change,
                                save=False)  # saved with the rest below
+        analyses_fold(country=country, after_id=row.last_change_id, up_to_id=newest_change)
         prune_changes(country, newest_change)
         row.last_change_id = newest_change
         row.save()
@@ -306,25 +309,91 @@ def analyses_request(*, spec: AnalysisSpec, countries: Sequence[str]) -> list[st
 
     queued = []
     for country in countries:
-        if cache.analysis_claim(key=spec.key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
-            app.send_task(ANALYSIS_TASK, args=[spec.as_dict(), country], queue="analysis")
+        if cache.analysis_claim(key=spec.part_key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
+            app.send_task(ANALYSIS_TASK, args=[spec.part.as_dict(), country], queue="analysis")
             queued.append(country)
     return queued
 
 
+def _variable_specs() -> dict:
+    return {variable.name: variable for variable in pisa_variables()}
+
+
 def country_analysis_refresh(*, spec: AnalysisSpec, country: str) -> dict:
-    """Compute one country's part of an analysis over its students and store it for the API. Idempotent."""
+    """Compute one country's part of an analysis over its students and store it for the API; a foldable part also
+    stores its running state and is registered, so that every metrics refresh of the country folds its new rows into
+    it (`analyses_fold`). Idempotent."""
     from codebook.selectors import labels_version
 
+    part, specs = spec.part, _variable_specs()
+    labels = str(labels_version())
+    if foldable(part):
+        data, change_id = country_data_at_change(part, country)
+        state = AnalysisState.from_data(part, data, change_id=change_id)
+        entry = {"computed_at": time.time(), "change_id": change_id, "labels": labels,
+                 "result": state_analysis(part, state, specs)}
+        cache.analysis_register(key=part.key, part=part.as_dict())
+        cache.analysis_store(key=part.key, country=country, entry=entry, state=state.to_bytes())
+        return entry
     # Read before the students: an entry is at least as new as the version it carries.
     [version] = cache.country_versions([country])
-    labels = str(labels_version())
-    specs = {variable.name: variable for variable in pisa_variables()}
-    result = country_analysis(spec, country_data(spec, country), specs)
     entry = {"computed_at": time.time(), "country_version": version.decode() if version else None,
-             "labels": labels, "result": result}
-    cache.analysis_store(key=spec.key, country=country, entry=entry)
+             "labels": labels, "result": country_analysis(part, country_data(part, country), specs)}
+    cache.analysis_store(key=part.key, country=country, entry=entry)
     return entry
+
+
+def analyses_fold(*, country: str, after_id: int, up_to_id: int) -> int:
+    """Fold a country's changes (after_id, up_to_id] into the running state of every registered analysis part of the
+    country, and store each one's new entry. Called by the metrics refresh, under the country's lock and before the
+    change log is pruned; one read of the change log serves every part. A state that missed changes (built before
+    `after_id`, whose changes are pruned) or cannot take them is dropped: the next request computes it again.
+    Returns how many parts were folded."""
+    from codebook.selectors import labels_version
+
+    registered = cache.analyses_registered_states(country)
+    if not registered:
+        return 0
+    pipe = cache.analysis_pipeline()
+    states = {}
+    for key, (part_dict, body) in registered.items():
+        try:
+            state = AnalysisState.from_bytes(body)
+        except ValueError:
+            state = None
+        if state is None or state.change_id < after_id:
+            cache.analysis_forget(key=key, country=country, pipe=pipe)
+        elif state.change_id < up_to_id:
+            states[key] = (AnalysisSpec.from_dict(part_dict), state)
+    folded = 0
+    if states:
+        start = min(state.change_id for _, state in states.values())
+        try:
+            with transaction.atomic():  # a savepoint: a failing read must not abort the refresh's transaction
+                data, ids, signs = country_changes([part for part, _ in states.values()], country, after_id=start,
+                                                   up_to_id=up_to_id)
+        except Exception:  # noqa: BLE001 - the metrics fold goes on; the parts are computed again when asked for
+            logger.exception("analyses of %s: the change log could not be read; their states are dropped", country)
+            for key in states:
+                cache.analysis_forget(key=key, country=country, pipe=pipe)
+            pipe.execute()
+            return 0
+        specs, labels = _variable_specs(), str(labels_version())
+        for key, (part, state) in states.items():
+            newer = ids > state.change_id
+            try:
+                state.fold(part, added=rows_of(data, newer & (signs > 0)), removed=rows_of(data, newer & (signs < 0)),
+                           change_id=up_to_id)
+                entry = {"computed_at": time.time(), "change_id": up_to_id, "labels": labels,
+                         "result": state_analysis(part, state, specs)}
+            except (ValueError, KeyError) as exc:
+                logger.error("analysis %s of %s cannot fold its changes (%s): dropped", key, country, exc)
+                cache.analysis_forget(key=key, country=country, pipe=pipe)
+                continue
+            cache.analysis_store(key=key, country=country, entry=entry, state=state.to_bytes(), pipe=pipe)
+            folded += 1
+    pipe.execute()
+    return folded
 
 
 def analysis_small_enough_to_compute_now(*, countries: Sequence[str]) -> bool:
@@ -346,7 +415,7 @@ def analysis_entries_bring_up_to_date(*, spec: AnalysisSpec, entries: dict[str, 
         return list(missing)
     still_missing = []
     for country in stale:
-        if cache.analysis_claim(key=spec.key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
+        if cache.analysis_claim(key=spec.part_key, country=country, seconds=ANALYSIS_CLAIM_SECONDS):
             entries[country] = country_analysis_refresh(spec=spec, country=country)
         elif country in missing:
             still_missing.append(country)

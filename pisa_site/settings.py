@@ -40,11 +40,15 @@ SHIPPED_COUNTRY_MEANS_PATH = BASE_DIR / "simulator" / "data" / "oecd_2018_countr
 PISA_CODEBOOK_PATH = Path(os.environ.get("PISA_CODEBOOK_PATH") or SHIPPED_CODEBOOK_PATH)
 PISA_COUNTRY_MEANS_PATH = Path(os.environ.get("PISA_COUNTRY_MEANS_PATH") or SHIPPED_COUNTRY_MEANS_PATH)
 
-# Open analyses (docs/analysis.md): an analysis's per-country answer is recomputed at most this often while its
-# country changes; kept this long after it was last asked for; computed inside the request (instead of by the
-# analysis worker, with a 202) when the countries still to compute hold at most this many students.
+# Open analyses (docs/analysis.md). Means, SDs, shares, levels, correlations and slopes are folded by every refresh;
+# percentiles and national quarters are recomputed at most every ANALYSIS_RECOMPUTE_SECONDS while their country
+# changes. An analysis is kept ANALYSIS_KEEP_SECONDS after it was last asked for, and at most ANALYSIS_MAX_REGISTERED
+# of them (the least recently asked go first: each costs every refresh of its countries a fold). A country's part is
+# computed inside the request (instead of by the analysis worker, with a 202) when the countries still to compute
+# hold at most ANALYSIS_INLINE_MAX_STUDENTS students.
 ANALYSIS_RECOMPUTE_SECONDS = float(os.environ.get("ANALYSIS_RECOMPUTE_SECONDS", "1"))
 ANALYSIS_KEEP_SECONDS = int(os.environ.get("ANALYSIS_KEEP_SECONDS", "3600"))
+ANALYSIS_MAX_REGISTERED = int(os.environ.get("ANALYSIS_MAX_REGISTERED", "200"))
 ANALYSIS_INLINE_MAX_STUDENTS = int(os.environ.get("ANALYSIS_INLINE_MAX_STUDENTS", "20000"))
 
 # A management command or test run started outside `make run` finds embedded servers that are already up. Only then

@@ -7,12 +7,14 @@ codebook position and decoded here: PISA's missing codes become NaN, so they nev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from django.db import connection, transaction
 
 from codebook.catalogue import VariableSpec
-from ingestion.warehouse import SCORE_DOMAINS, WEIGHTS, Student, pisa_variables
+from ingestion.warehouse import SCORE_DOMAINS, WEIGHTS, Student, StudentChange, country_write_lock, pisa_variables
 from metrics.analysis.request import AnalysisSpec
 from metrics.sufficient import N_PLAUSIBLE_VALUES
 from metrics.warehouse import _copy_floats
@@ -44,6 +46,10 @@ def variables_needed(spec: AnalysisSpec) -> list[str]:
     return list(dict.fromkeys(names + ["OECD"]))
 
 
+def domains_needed(spec: AnalysisSpec) -> list[str]:
+    return [spec.target] if spec.target_is_domain else []
+
+
 def _decoded(values: np.ndarray, spec: VariableSpec) -> np.ndarray:
     missing = np.isnan(values)
     if spec.na_values:
@@ -57,26 +63,78 @@ def _decoded(values: np.ndarray, spec: VariableSpec) -> np.ndarray:
 
 def country_data(spec: AnalysisSpec, country: str) -> CountryData:
     """Every student of `country` with what `spec` needs."""
+    data, _, _ = _read(variables_needed(spec), domains_needed(spec), Student._meta.db_table, "WHERE country = %s",
+                       [country])
+    return data
+
+
+def country_data_at_change(spec: AnalysisSpec, country: str) -> tuple[CountryData, int]:
+    """Every student of `country`, and the change-log position they are as of (what a running state built from them
+    folds on from): both read by one statement, so from one snapshot, without holding the country's loads."""
+    from metrics.models import CountryMetricsState
+
+    position = (f"greatest((SELECT max(id) FROM {StudentChange._meta.db_table} WHERE country = %s), "
+                f"(SELECT last_change_id FROM {CountryMetricsState._meta.db_table} WHERE country = %s), 0)")
+    data, ids, _ = _read(variables_needed(spec), domains_needed(spec), Student._meta.db_table, "WHERE country = %s",
+                         [country, country, country], leading=[position])
+    if len(data):
+        return data, int(ids[0])
+    with transaction.atomic(), connection.cursor() as cursor:  # no student: the position under the country's lock
+        country_write_lock(cursor.cursor, country=country)
+        data, _, _ = _read(variables_needed(spec), domains_needed(spec), Student._meta.db_table,
+                           "WHERE country = %s", [country])
+        cursor.execute(f"SELECT {position}", [country, country])
+        return data, int(cursor.fetchone()[0])
+
+
+def country_changes(specs: Sequence[AnalysisSpec], country: str, *, after_id: int, up_to_id: int
+                    ) -> tuple[CountryData, np.ndarray, np.ndarray]:
+    """The versions a country's change log holds in (after_id, up_to_id], with what any of these analyses needs:
+    (data, change ids, signs: +1 a version that entered, -1 one that left)."""
+    names = list(dict.fromkeys(name for spec in specs for name in variables_needed(spec)))
+    domains = list(dict.fromkeys(domain for spec in specs for domain in domains_needed(spec)))
+    return _read(names, domains, StudentChange._meta.db_table, "WHERE country = %s AND id > %s AND id <= %s",
+                 [country, after_id, up_to_id], with_changes=True)
+
+
+def rows_of(data: CountryData, rows: np.ndarray) -> CountryData:
+    """The students of `data` a boolean mask (or index array) picks."""
+    return CountryData(weights=data.weights[rows], school_id=data.school_id[rows],
+                       values={name: values[rows] for name, values in data.values.items()})
+
+
+def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, params: list, *,
+          with_changes: bool = False, leading: Sequence[str] = ()) -> tuple[CountryData, np.ndarray, np.ndarray]:
+    """(data, first column, second column): the change ids and signs with_changes, else the `leading` expression's
+    value per row (and an empty array)."""
     positions = {variable.name: (position, variable) for position, variable in enumerate(pisa_variables())}
-    expressions = ["coalesce(cntschid, -1)", *(w.lower() for w in WEIGHTS)]
+    expressions = ["id", "sign"] if with_changes else list(leading)
+    first = len(expressions)
+    expressions += ["coalesce(cntschid, -1)", *(w.lower() for w in WEIGHTS)]
     layout: list[tuple[str, int, VariableSpec | None]] = []  # (name, width, spec to decode with)
-    if spec.target_is_domain:
-        if spec.target in SCORE_DOMAINS:
-            expressions += [f"pv{m}{spec.target.lower()}" for m in range(1, N_PLAUSIBLE_VALUES + 1)]
+    for domain in domains:
+        if domain in SCORE_DOMAINS:
+            expressions += [f"pv{m}{domain.lower()}" for m in range(1, N_PLAUSIBLE_VALUES + 1)]
         else:
-            expressions += [_raw_field(positions[f"PV{m}{spec.target}"][0]) for m in range(1, N_PLAUSIBLE_VALUES + 1)]
-        layout.append((spec.target, N_PLAUSIBLE_VALUES, None))
-    for name in variables_needed(spec):
+            expressions += [_raw_field(positions[f"PV{m}{domain}"][0]) for m in range(1, N_PLAUSIBLE_VALUES + 1)]
+        layout.append((domain, N_PLAUSIBLE_VALUES, None))
+    for name in names:
+        if name not in positions:  # OECD, in a warehouse whose codebook lacks it: membership unknown
+            expressions.append("NULL::float8")
+            layout.append((name, 1, None))
+            continue
         position, variable = positions[name]
         expressions.append(_raw_field(position))
         layout.append((name, 1, variable))
-    matrix = _copy_floats(expressions, f"FROM {Student._meta.db_table} WHERE country = %s", [country])
-    weights = np.nan_to_num(matrix[:, 1:1 + len(WEIGHTS)])
-    column = 1 + len(WEIGHTS)
+    matrix = _copy_floats(expressions, f"FROM {table} {where}" + (" ORDER BY id" if with_changes else ""), params)
+    weights = np.nan_to_num(matrix[:, first + 1:first + 1 + len(WEIGHTS)])
+    column = first + 1 + len(WEIGHTS)
     values = {}
     for name, width, variable in layout:
         block = matrix[:, column:column + width]
-        values[name] = block if variable is None else _decoded(block[:, 0], variable)
+        values[name] = block if width > 1 else (block[:, 0] if variable is None else _decoded(block[:, 0], variable))
         column += width
-    return CountryData(weights=weights, school_id=matrix[:, 0].astype(np.int64), values=values)
-
+    data = CountryData(weights=weights, school_id=matrix[:, first].astype(np.int64), values=values)
+    if not with_changes:
+        return data, matrix[:, 0].astype(np.int64) if leading else np.empty(0, dtype=np.int64), np.empty(0)
+    return data, matrix[:, 0].astype(np.int64), matrix[:, 1]

@@ -18,6 +18,7 @@ import numpy as np
 from codebook.catalogue import VariableSpec
 from metrics.analysis.data import CountryData
 from metrics.analysis.request import LEVELS, PERCENTILES, AnalysisSpec, Breakdown
+from metrics.analysis.state import AnalysisState, foldable
 from metrics.estimators import MIN_SCHOOLS, MIN_STUDENTS, _flag_reason, replicate_estimate, weighted_quantiles
 
 Z_95 = 1.959963984540054  # two-sided 5 %: a difference is significant when |difference| > Z_95 * SE
@@ -81,7 +82,7 @@ def _target_matrix(spec: AnalysisSpec, data: CountryData) -> np.ndarray:
     return values if values.ndim == 2 else values[:, None]
 
 
-def figure_names(spec: AnalysisSpec, target_spec: VariableSpec | None, data: CountryData | None = None) -> list[str]:
+def figure_names(spec: AnalysisSpec, target_spec: VariableSpec | None, categories: Sequence[float] = ()) -> list[str]:
     if spec.statistic in ("mean", "sd"):
         return [spec.statistic]
     if spec.statistic == "percentiles":
@@ -94,7 +95,7 @@ def figure_names(spec: AnalysisSpec, target_spec: VariableSpec | None, data: Cou
         names = [name for name, _ in LEVELS[spec.target]]
         return ([f"below {names[0]}", *(f"level {name}" for name in names)]
                 + [f"at or above {name}" for name in names[1:]])
-    return [_code_text(code) for code in _target_categories(target_spec, data)]
+    return [_code_text(code) for code in categories]
 
 
 def _code_text(code: float) -> str:
@@ -169,9 +170,12 @@ def _difference(a: np.ndarray | None, b: np.ndarray | None) -> dict:
 
 def country_analysis(spec: AnalysisSpec, data: CountryData, specs: dict[str, VariableSpec]) -> dict:
     """One country's cells (estimates per figure) and the differences between its groups, JSON-ready."""
+    if foldable(spec):
+        return state_analysis(spec, AnalysisState.from_data(spec, data, change_id=0), specs)
+    # Percentiles, and any statistic by national quarters: from the students themselves.
     target_spec = None if spec.target_is_domain else specs[spec.target]
-    figures = figure_names(spec, target_spec, data)
     categories = _target_categories(target_spec, data) if spec.statistic == "percent" else []
+    figures = figure_names(spec, target_spec, categories)
     cells, cell_of, missing = _cells(spec, data, specs)
     y = _target_matrix(spec, data)
     valid = ~np.isnan(y[:, 0]) & (cell_of >= 0)
@@ -179,36 +183,59 @@ def country_analysis(spec: AnalysisSpec, data: CountryData, specs: dict[str, Var
     if spec.predictor:
         x = data.values[spec.predictor]
         valid &= ~np.isnan(x)
-    per_cell: list[list[np.ndarray] | None] = []
-    out_cells = []
-    for k, groups in enumerate(cells):
+    per_cell, counts = [], []
+    for k in range(len(cells)):
         members = valid & (cell_of == k)
         n_students = int(members.sum())
-        n_schools = len(np.unique(data.school_id[members]))
-        arrays = (_per_weight(spec, data.weights[members], y[members], None if x is None else x[members], categories)
-                  if n_students else None)
-        per_cell.append(arrays)
-        out_cells.append({"group": [g["code"] for g in groups],
-                          "figures": {figure: _estimate(None if arrays is None else arrays[f], n_students, n_schools)
-                                      for f, figure in enumerate(figures)}})
+        counts.append((n_students, len(np.unique(data.school_id[members]))))
+        per_cell.append(_per_weight(spec, data.weights[members], y[members], None if x is None else x[members],
+                                    categories) if n_students else None)
+    oecd = data.values.get("OECD")
+    member = bool(len(data) and np.nanmean(oecd) > 0.5) if oecd is not None and len(data) else False
+    return _result(spec, figures, [tuple(g["code"] for g in groups) for groups in cells], per_cell, counts, missing,
+                   len(data), member)
+
+
+def state_analysis(spec: AnalysisSpec, state: AnalysisState, specs: dict[str, VariableSpec]) -> dict:
+    """`country_analysis` from a foldable analysis's running state."""
+    target_spec = None if spec.target_is_domain else specs[spec.target]
+    categories = state.categories(target_spec) if spec.statistic == "percent" else []
+    figures = figure_names(spec, target_spec, categories)
+    codes = [state.groups(position, specs[b.variable]) for position, b in enumerate(spec.by)]
+    keys = list(itertools.product(*codes))
+    missing = {b.label: {"students": students,
+                         "weighted_percent": float(100 * weight / state.total_weight) if state.total_weight else None}
+               for b, (students, weight) in zip(spec.by, state.missing)}
+    return _result(spec, figures, [tuple(_code(c) for c in key) for key in keys],
+                   [state.per_weight(spec, key, categories) for key in keys], [state.counts(key) for key in keys],
+                   missing, state.students, state.oecd_member())
+
+
+def _code(code: float):
+    return int(code) if float(code).is_integer() else code
+
+
+def _result(spec: AnalysisSpec, figures: list[str], cells: list[tuple], per_cell: list[list[np.ndarray] | None],
+            counts: list[tuple[int, int]], missing: dict, students: int, member: bool) -> dict:
+    out_cells = [{"group": list(group),
+                  "figures": {figure: _estimate(None if arrays is None else arrays[f], n_students, n_schools)
+                              for f, figure in enumerate(figures)}}
+                 for group, arrays, (n_students, n_schools) in zip(cells, per_cell, counts)]
     within = []
     if spec.by:
         # Cells vary fastest in the last breakdown variable: each is compared with the first group of that variable
         # among the cells that share the other variables' groups (for one variable: every group with its first).
-        last = len({cell[-1]["code"] for cell in cells})
-        for k, groups in enumerate(cells):
+        last = len({group[-1] for group in cells})
+        for k, group in enumerate(cells):
             reference = k - (k % last)
             if k == reference:
                 continue
             for f, figure in enumerate(figures):
                 a = None if per_cell[k] is None else per_cell[k][f]
                 b = None if per_cell[reference] is None else per_cell[reference][f]
-                within.append({"group": [g["code"] for g in groups],
-                               "versus": [g["code"] for g in cells[reference]], "figure": figure,
+                within.append({"group": list(group), "versus": list(cells[reference]), "figure": figure,
                                **_difference(a, b)})
-    oecd = data.values.get("OECD")
-    member = bool(len(data) and np.nanmean(oecd) > 0.5) if oecd is not None and len(data) else False
-    return {"students": len(data), "oecd_member": member, "figures": figures, "cells": out_cells,
+    return {"students": students, "oecd_member": member, "figures": figures, "cells": out_cells,
             "within_country_differences": within, "missing_breakdown": missing}
 
 

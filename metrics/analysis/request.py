@@ -79,6 +79,17 @@ class AnalysisSpec:
         """A short stable name of the analysis (the same question asked in any spelling has one key)."""
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def part(self) -> AnalysisSpec:
+        """What one country's part depends on: the analysis without its countries and comparisons (every question
+        that differs only in those shares the countries' parts)."""
+        return AnalysisSpec(statistic=self.statistic, target=self.target, by=self.by, countries=(), compare=(),
+                            predictor=self.predictor)
+
+    @property
+    def part_key(self) -> str:
+        return self.part.key
+
 
 def _spec_named(name: str, specs: Mapping[str, VariableSpec], what: str) -> VariableSpec:
     spec = specs.get(name) or specs.get(name.upper())

@@ -151,7 +151,7 @@ def test_an_unchanged_answer_is_a_304_and_new_rows_change_it(client, two_countri
     ("target=READ&by=ST001D01T,ST003D02T", "too many cells"),
     ("target=READ&countries=XXX", "unknown country code"),
     ("target=READ&compare=nowhere", "say average, oecd"),
-    ("target=READ&colour=red", "unknown parameter(s) colour"),
+    ("target=READ&colour=red", "unknown query parameter(s): 'colour' (this URL takes by, compare, countries, format"),
     ("target=READ&format=xml", "say json or csv"),
 ])
 def test_what_cannot_be_asked_is_a_400_that_says_what_is_allowed(client, two_countries, query, message):
