@@ -217,6 +217,16 @@ def analysis_entries(key: str, countries: Sequence[str]) -> dict[str, dict]:
     return {country: json.loads(body) for country, body in zip(countries, bodies) if body is not None}
 
 
+def analysis_touch(key: str, countries: Sequence[str]) -> None:
+    """Renew the life of an analysis part's entries and states, and its registration, without reading them."""
+    pipe = redis_client().pipeline(transaction=False)
+    for country in countries:
+        pipe.expire(ANALYSIS.format(key, country), settings.ANALYSIS_KEEP_SECONDS)
+        pipe.expire(ANALYSIS_STATE.format(key, country), settings.ANALYSIS_KEEP_SECONDS)
+    pipe.zadd(ANALYSES_REGISTERED, {key: time.time()}, xx=True)
+    pipe.execute()
+
+
 def analysis_store(*, key: str, country: str, entry: dict, state: bytes | None = None, pipe=None) -> None:
     """Store a country's entry (and the running state of a foldable part); with `pipe`, only queue the commands."""
     body = json.dumps(entry, separators=(",", ":"), allow_nan=False)

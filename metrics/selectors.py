@@ -15,6 +15,7 @@ from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
 from metrics.analysis.engine import Z_95, analysis_document
 from metrics.analysis.request import QUERY_PARAMETERS as ANALYSIS_QUERY_PARAMETERS, AnalysisSpec
+from metrics.analysis.state import foldable
 from metrics.analysis.request import analysis_parse as analysis_request_parse
 from metrics.estimators import average_of_countries
 
@@ -283,6 +284,37 @@ def analysis_lookup(spec: AnalysisSpec) -> tuple[dict[str, dict], list[str], lis
         elif entry["country_version"] != version and now - entry["computed_at"] > settings.ANALYSIS_RECOMPUTE_SECONDS:
             due.append(country)
     return entries, missing, due
+
+
+# A remembered answer renews the life of its entries in Redis at most this often (a read of them renews it each time).
+ANALYSIS_TOUCH_SECONDS = 60
+
+
+def analysis_remembered(query: str, form: str) -> tuple[AnalysisSpec, dict[str, dict], str] | None:
+    """Fast path of a polled analysis: (spec, entries, etag) of the answer this process last gave to this exact query
+    string, while the countries' versions in its snapshot have not moved (a refresh that folds an analysis publishes
+    a new version), and for percentiles and quarters at most ANALYSIS_RECOMPUTE_SECONDS; else None. No Redis read."""
+    snapshot = cache.versions_snapshot()
+    found = snapshot.views.get(("analysis", form, query))
+    if found is None:
+        return None
+    spec, entries, etag, valid_until, touched = found
+    now = time.monotonic()
+    if valid_until is not None and now > valid_until:
+        return None
+    if now - touched[0] > ANALYSIS_TOUCH_SECONDS:
+        touched[0] = now
+        cache.analysis_touch(spec.part_key, list(entries))
+    return spec, entries, etag
+
+
+def analysis_remember(query: str, form: str, spec: AnalysisSpec, entries: dict[str, dict], etag: str) -> None:
+    """Remember an answer whose entries are all current (see `analysis_remembered`)."""
+    snapshot = cache.versions_snapshot()
+    if len(snapshot.views) >= cache.VIEWS_PER_SNAPSHOT:
+        snapshot.views.clear()
+    valid_until = None if foldable(spec.part) else time.monotonic() + settings.ANALYSIS_RECOMPUTE_SECONDS
+    snapshot.views[("analysis", form, query)] = (spec, entries, etag, valid_until, [time.monotonic()])
 
 
 def analysis_etag(spec: AnalysisSpec, entries: dict[str, dict], *, form: str) -> str:

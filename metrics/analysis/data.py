@@ -1,8 +1,10 @@
 """One country's students as the arrays an analysis needs, read from the warehouse in one binary COPY.
 
-Weights and the three main domains' plausible values are typed warehouse columns; every other variable (a
-breakdown, a continuous target, a subscale's PVs, the OECD membership) is read from the student's raw line by its
-codebook position and decoded here: PISA's missing codes become NaN, so they never form a group or enter a sum.
+Weights, the three main domains' plausible values and the covariates (ST004D01T, ESCS, TMINS, DURECEC, BELONG) are
+typed warehouse columns; every other variable (a breakdown, a continuous target, a subscale's PVs) is read from the
+student's raw line by its codebook position and decoded here: PISA's missing codes become NaN, so they never form a
+group or enter a sum. A raw field costs: `split_part` detoasts the ~4 KB line and scans it up to the field (about
+15 us a student for a field near the end), so the OECD membership, the same for a whole country, is read once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from django.db import connection, transaction
 
 from codebook.catalogue import VariableSpec
+from ingestion.layout import COVARIATES
 from ingestion.warehouse import SCORE_DOMAINS, WEIGHTS, Student, StudentChange, country_write_lock, pisa_variables
 from metrics.analysis.request import AnalysisSpec
 from metrics.sufficient import N_PLAUSIBLE_VALUES
@@ -106,7 +109,7 @@ def rows_of(data: CountryData, rows: np.ndarray) -> CountryData:
 def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, params: list, *,
           with_changes: bool = False, leading: Sequence[str] = ()) -> tuple[CountryData, np.ndarray, np.ndarray]:
     """(data, first column, second column): the change ids and signs with_changes, else the `leading` expression's
-    value per row (and an empty array)."""
+    value per row (and an empty array). `params` are those of `leading`, then of `where`."""
     positions = {variable.name: (position, variable) for position, variable in enumerate(pisa_variables())}
     expressions = ["id", "sign"] if with_changes else list(leading)
     first = len(expressions)
@@ -118,15 +121,24 @@ def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, 
         else:
             expressions += [_raw_field(positions[f"PV{m}{domain}"][0]) for m in range(1, N_PLAUSIBLE_VALUES + 1)]
         layout.append((domain, N_PLAUSIBLE_VALUES, None))
+    country_wide = []  # OECD is the same for every student of a country: read from one of them (fast path)
     for name in names:
         if name not in positions:  # OECD, in a warehouse whose codebook lacks it: membership unknown
             expressions.append("NULL::float8")
             layout.append((name, 1, None))
             continue
         position, variable = positions[name]
-        expressions.append(_raw_field(position))
+        if name in COVARIATES:  # typed columns, missing codes already NULL (ingestion/layout.py): no raw to parse
+            expressions.append(name.lower())
+        elif name == "OECD" and not with_changes:
+            expressions.append(f"(SELECT {_raw_field(position)} FROM {table} {where} LIMIT 1)")
+            country_wide = params[len(params) - where.count("%s"):]
+        else:
+            expressions.append(_raw_field(position))
         layout.append((name, 1, variable))
-    matrix = _copy_floats(expressions, f"FROM {table} {where}" + (" ORDER BY id" if with_changes else ""), params)
+    head = params[:len(params) - where.count("%s")]
+    matrix = _copy_floats(expressions, f"FROM {table} {where}" + (" ORDER BY id" if with_changes else ""),
+                          [*head, *country_wide, *params[len(head):]])
     weights = np.nan_to_num(matrix[:, first + 1:first + 1 + len(WEIGHTS)])
     column = first + 1 + len(WEIGHTS)
     values = {}
