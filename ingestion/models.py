@@ -153,7 +153,7 @@ class StudentChange(AnalysisValues):
     sign = models.SmallIntegerField()
     recorded_at = models.DateTimeField(auto_now_add=True)
     # The version's whole line, as Student.raw: open analyses fold any codebook variable, not only the typed ones.
-    raw = models.TextField(default="")
+    raw = models.TextField(default="", db_default="")
 
     class Meta:
         indexes = [models.Index(fields=["country", "id"], name="change_country_id")]

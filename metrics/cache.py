@@ -245,6 +245,14 @@ def analysis_forget(*, key: str, country: str, pipe=None) -> None:
     (pipe or redis_client()).delete(ANALYSIS.format(key, country), ANALYSIS_STATE.format(key, country))
 
 
+def analyses_forget_country(country: str) -> None:
+    """Drop every registered analysis's entry and state of a country."""
+    client = redis_client()
+    keys = [member.decode() for member in client.zrange(ANALYSES_REGISTERED, 0, -1)]
+    if keys:
+        client.delete(*(name.format(key, country) for key in keys for name in (ANALYSIS, ANALYSIS_STATE)))
+
+
 def analysis_claim(*, key: str, country: str, seconds: float) -> bool:
     """True for the first caller asking for this computation while none is queued or running (then it queues it)."""
     return bool(redis_client().set(ANALYSIS_CLAIM.format(key, country), 1, nx=True, ex=max(1, int(seconds))))

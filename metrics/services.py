@@ -249,7 +249,8 @@ def _rebuild(country: str, verify: bool) -> RebuildResult:
             row.state = rebuilt.to_bytes()
             _percentiles_store(row, _percentiles(students.weights, students.pv, students.school_id), newest_change,
                                save=False)  # saved with the rest below
-        analyses_fold(country=country, after_id=row.last_change_id, up_to_id=newest_change)
+        # A rebuild does not trust the change log: the country's analyses are computed again from the students.
+        cache.analyses_forget_country(country)
         prune_changes(country, newest_change)
         row.last_change_id = newest_change
         row.save()

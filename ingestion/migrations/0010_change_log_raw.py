@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='studentchange',
             name='raw',
-            field=models.TextField(default=''),
+            field=models.TextField(db_default='', default=''),
         ),
         migrations.RunSQL(
             "ALTER TABLE ingestion_studentchange ALTER COLUMN raw SET STORAGE EXTERNAL",

@@ -210,3 +210,18 @@ def test_after_a_metrics_worker_is_killed_and_restarted_every_registered_analysi
         for code in sources:
             assert_same_figures(answer.json()["countries"][code], state_analysis(part, rebuilt(part, code), specs))
             assert answer.json()["countries"][code]["students"] == 1290
+
+
+def test_a_rebuild_of_the_country_drops_its_analyses_which_are_computed_again(client, source_db):
+    from metrics.services import country_metrics_rebuild
+
+    alb = source_db("ALB")
+    alb.insert([alb.student(IMMIG=1 + k % 3) for k in range(30)])
+    resync(alb)
+    spec = FOLDED[2]
+    country_analysis_refresh(spec=spec, country="ALB")
+    country_metrics_rebuild(country="ALB")  # it does not trust the change log: neither may the analyses
+    assert stored_state(spec, "ALB") is None and stored_entry(spec, "ALB") is None
+    answer = client.get("/api/v1/analyses/?statistic=percent&target=IMMIG&countries=ALB")
+    assert answer.status_code == 200 and answer.json()["countries"]["ALB"]["students"] == 30
+    assert_state_current(spec, "ALB")
