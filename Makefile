@@ -30,7 +30,7 @@ test: venv
 	PISA_HOME=$(PISA_HOME)/test DEBUG=$${DEBUG:-1} $(EMBEDDED) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Every benchmark, then bench/RESULTS.md. `make bench BENCH_ARGS=--quick` for a small run of each.
-BENCHES ?= ingest freshness change_detection metrics api scale load workers
+BENCHES ?= ingest freshness change_detection metrics api scale load workers analysis
 BENCH_ARGS ?=
 bench: venv
 	@set -e; for name in $(BENCHES); do \

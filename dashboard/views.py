@@ -27,6 +27,7 @@ def dashboard_page(request):
             "sources": reverse("source-status-list"),
             "variables": reverse("codebook-variable-list"),
             "distribution": reverse("variable-distribution", kwargs={"name": VARIABLE_PLACEHOLDER}),
+            "analyses": reverse("analyses"),
         },
         "mapCodes": country_map_codes(),
         "mapPoints": MAP_POINTS,

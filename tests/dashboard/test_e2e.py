@@ -213,6 +213,52 @@ def test_a_country_whose_refresh_fails_shows_its_last_figures_with_a_banner_unti
     expect(banner).to_be_hidden(timeout=30000)  # the sweep retries; the refresh rebuilds ALB without the row
 
 
+def test_the_explore_panel_draws_an_analysis_live_from_its_shareable_url_with_a_csv(page, live_stack):
+    import io
+    import json
+    import urllib.request
+
+    import pandas as pd
+
+    open_dashboard(page, live_stack, "?countries=ALB,ARG&a_stat=mean&a_target=READ&a_by=ST004D01T")
+    expect(page.locator("#explore-target")).to_have_value("READ")
+    page.wait_for_function("() => (document.getElementById('chart-explore').data || []).length > 0")
+    assert plotted_countries(page, "chart-explore") == ["ALB", "ARG"]
+    with urllib.request.urlopen(f"{live_stack.url}/api/v1/analyses/?statistic=mean&target=READ&by=ST004D01T"
+                                "&countries=ALB,ARG") as response:
+        answer = json.load(response)
+    drawn = page.evaluate("""() => document.getElementById('chart-explore').data.map(
+        (trace) => ({name: trace.name, codes: trace.customdata, y: trace.y}))""")
+    groups = answer["breakdown"][0]["groups"]
+    assert [trace["name"] for trace in drawn] == [group["label"] for group in groups]  # one trace per gender
+    for k, trace in enumerate(drawn):
+        for code, value in zip(trace["codes"], trace["y"]):
+            assert value == pytest.approx(answer["countries"][code]["cells"][k]["figures"]["mean"]["value"])
+
+    # Live: new responses reach the panel's figures as they reach the other charts.
+    note = page.locator("#explore-note")
+    before = int(note.get_attribute("data-students"))
+    live_stack.sources["ALB"].insert_students(7)
+    expect(note).to_have_attribute("data-students", str(before + 7), timeout=UPDATE_GIVE_UP_MS)
+
+    # Another question, asked in the form, goes into the URL (shareable) and is drawn.
+    page.select_option("#explore-statistic", "percent")
+    page.fill("#explore-target", "ST004D01T")
+    page.fill("#explore-by", "")
+    page.click("#explore-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"a_stat=percent&a_target=ST004D01T"))
+    expect(page.locator("#explore-figure option")).to_have_count(len(groups))
+    page.wait_for_function("() => document.getElementById('chart-explore').data.length === 1")
+
+    # Its CSV downloads from the panel and reads as-is with pandas.
+    with page.expect_download() as download:
+        page.click("#explore-csv")
+    table = pd.read_csv(io.BytesIO(open(download.value.path(), "rb").read()))
+    estimates = table[table["kind"] == "estimate"]
+    assert set(estimates["country"]) == {"ALB", "ARG"}
+    assert estimates.groupby("country")["estimate"].sum().round(6).tolist() == [100.0, 100.0]
+
+
 def test_stopping_the_api_shows_the_banner(page, live_stack):
     open_dashboard(page, live_stack)
     expect(page.locator("#banner")).to_be_hidden()

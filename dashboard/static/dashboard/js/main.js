@@ -3,7 +3,7 @@
  * codebook through it, so an edit in the admin shows on the next poll. */
 // This module starts it: read the URL, set up the controls, and poll. The others, along the page's seams:
 // state.js (configuration, state, helpers), polling.js, chart-primitives.js, charts.js, status.js (pipeline panel
-// and banner), selector.js (countries), explorer.js (variables).
+// and banner), selector.js (countries), explorer.js (variables), explore.js (open analyses).
 import { COUNTRY_LIST_REFRESH_MS, readUrl } from "./state.js";
 import { refreshCountryList, tick } from "./polling.js";
 import { emptyChart } from "./chart-primitives.js";
@@ -11,11 +11,13 @@ import { loadWorldMap } from "./charts.js";
 import { renderStatus } from "./status.js";
 import { renderSelector, setUpSelector } from "./selector.js";
 import { setUpExplorer } from "./explorer.js";
+import { setUpExplore } from "./explore.js";
 
 export function start() {
   readUrl();
   setUpSelector();
   setUpExplorer();
+  setUpExplore();
   renderSelector();
   loadWorldMap().catch(() => emptyChart("chart-escs-map", "The world map could not be loaded"));
   // A failed refresh is retried by the next one; the banner already tells when the API is down.

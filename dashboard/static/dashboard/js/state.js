@@ -40,7 +40,11 @@ export const state = {
   showAllChips: false,
   worldFeatures: null,
   variable: null, // the explorer's variable name
+  // The Explore panel's analysis (js/explore.js), in the URL as a_stat, a_target, a_by, a_pred.
+  analysis: null, // set from DEFAULT_ANALYSIS or the URL
 };
+export const DEFAULT_ANALYSIS = { statistic: "mean", target: "READ", by: "ST004D01T", predictor: "" };
+state.analysis = { ...DEFAULT_ANALYSIS };
 
 export const $ = (id) => document.getElementById(id);
 
@@ -54,6 +58,14 @@ export function readUrl() {
   if (DOMAINS[params.get("domain")]) state.domain = params.get("domain");
   if (["value", "name"].includes(params.get("sort"))) state.sort = params.get("sort");
   if (params.get("variable")) state.variable = params.get("variable");
+  if (params.get("a_target")) {
+    state.analysis = {
+      statistic: params.get("a_stat") || "mean",
+      target: params.get("a_target"),
+      by: params.get("a_by") || "",
+      predictor: params.get("a_pred") || "",
+    };
+  }
 }
 
 export function writeUrl() {
@@ -62,7 +74,14 @@ export function writeUrl() {
   if (state.domain !== "READ") params.set("domain", state.domain);
   if (state.sort !== "value") params.set("sort", state.sort);
   if (state.variable) params.set("variable", state.variable);
-  const query = params.toString().replace(/%2C/g, ",");
+  const a = state.analysis;
+  if (Object.keys(DEFAULT_ANALYSIS).some((name) => a[name] !== DEFAULT_ANALYSIS[name])) {
+    params.set("a_stat", a.statistic);
+    params.set("a_target", a.target);
+    if (a.by) params.set("a_by", a.by);
+    if (a.predictor) params.set("a_pred", a.predictor);
+  }
+  const query = params.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
   history.replaceState(null, "", query ? `?${query}` : window.location.pathname);
 }
 
