@@ -366,3 +366,38 @@ def average_of_countries(statistics: Mapping[str, dict]) -> dict:
     if not countries:
         raise ValueError("the average of countries needs at least one country")
     return walk([statistics[country] for country in countries])
+
+
+Z_95 = 1.959963984540054  # two-sided 5 %: a difference is significant when |difference| > Z_95 * SE
+
+
+def significant(value: float, se: float) -> bool | None:
+    return bool(abs(value) > Z_95 * se) if se > 0 else None
+
+
+def member_minus_average(country: str, members: Mapping[str, dict]) -> tuple[float, float]:
+    """A country's estimate minus the average of `members` (estimates with a value and an SE), the country one of
+    them: (difference, SE). Its own sampling error enters both sides, so it is not counted twice (the OECD's formula
+    for a country against the OECD average; docs/analysis.md):
+    SE^2 = ((N-1)/N)^2 SE_c^2 + sum_{j != c} SE_j^2 / N^2."""
+    n = len(members)
+    average = sum(e["value"] for e in members.values()) / n
+    own = members[country]
+    variance = ((n - 1) / n) ** 2 * own["se"] ** 2 + sum(
+        e["se"] ** 2 for code, e in members.items() if code != country) / n ** 2
+    return own["value"] - average, math.sqrt(variance)
+
+
+def differences_from_average(estimates: Mapping[str, dict | None]) -> dict[str, dict]:
+    """Each country's estimate against the average of the countries that have one: {country: {value, se,
+    significant}}; empty under two countries (a country against an average of itself)."""
+    members = {code: e for code, e in estimates.items()
+               if e is not None and e.get("value") is not None and e.get("se") is not None}
+    if len(members) < 2:
+        return {}
+    out = {}
+    for country in members:
+        value, se = member_minus_average(country, members)
+        out[country] = {"value": value, "se": se, "significant": significant(value, se)}
+    return out
+

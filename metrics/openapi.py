@@ -85,6 +85,13 @@ COMPONENTS = {
         "average": {"allOf": [ref("Statistics")], "nullable": True,
                     "description": "unweighted mean of the countries with data (OECD average method)"},
         "average_of": {"type": "array", "items": COUNTRY},
+        "mean_score_versus_average": {
+            "type": "object", "description": (
+                "per domain, each country's mean score minus the average shown, with its SE (the country is part of "
+                "the average: docs/analysis.md) and whether it is significant at 5 %; empty under two countries"),
+            "additionalProperties": {"type": "object", "additionalProperties": _object({
+                "value": {"type": "number"}, "se": {"type": "number"},
+                "significant": {"type": "boolean", "nullable": True}})}},
     }),
     "CountryList": _object({"results": {"type": "array", "items": _object({
         "code": COUNTRY, "name": {"type": "string"}, "n_students": COUNT, "n_schools": COUNT,

@@ -13,11 +13,12 @@ from metrics import cache
 from pisa_site.api import query_check
 from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
-from metrics.analysis.engine import Z_95, analysis_document
+from metrics.analysis.engine import analysis_document
 from metrics.analysis.request import QUERY_PARAMETERS as ANALYSIS_QUERY_PARAMETERS, AnalysisSpec
 from metrics.analysis.state import foldable
 from metrics.analysis.request import analysis_parse as analysis_request_parse
-from metrics.estimators import average_of_countries
+from metrics.estimators import Z_95, average_of_countries, differences_from_average
+from metrics.sufficient import DOMAINS
 
 COUNTRY_CODE = "[A-Z]{3,8}"
 COUNTRY_LIST = re.compile(rf"^{COUNTRY_CODE}(,{COUNTRY_CODE})*$")
@@ -125,6 +126,10 @@ def metrics_view(countries: Sequence[str], etag: str) -> bytes:
             "by_country": {code: documents.get(code) for code in countries},
             "average": average_of_countries(with_data) if with_data else None,
             "average_of": sorted(with_data),
+            "mean_score_versus_average": {
+                domain: differences_from_average({code: stats["scores"][domain]["mean"]
+                                                  for code, stats in with_data.items()})
+                for domain in DOMAINS},
         }
 
     return cache.view_bytes(etag, build)

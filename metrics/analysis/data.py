@@ -16,8 +16,8 @@ import numpy as np
 from django.db import connection, transaction
 
 from codebook.catalogue import VariableSpec
-from ingestion.layout import COVARIATES
-from ingestion.warehouse import SCORE_DOMAINS, WEIGHTS, Student, StudentChange, country_write_lock, pisa_variables
+from ingestion.warehouse import (COVARIATES, SCORE_DOMAINS, WEIGHTS, Student, StudentChange, country_write_lock,
+                                 pisa_variables)
 from metrics.analysis.request import AnalysisSpec
 from metrics.sufficient import N_PLAUSIBLE_VALUES
 from metrics.warehouse import _copy_floats
@@ -128,7 +128,7 @@ def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, 
             layout.append((name, 1, None))
             continue
         position, variable = positions[name]
-        if name in COVARIATES:  # typed columns, missing codes already NULL (ingestion/layout.py): no raw to parse
+        if name in COVARIATES:  # typed columns, missing codes already NULL (ingestion.warehouse): no raw to parse
             expressions.append(name.lower())
         elif name == "OECD" and not with_changes:
             expressions.append(f"(SELECT {_raw_field(position)} FROM {table} {where} LIMIT 1)")

@@ -19,9 +19,9 @@ from codebook.catalogue import VariableSpec
 from metrics.analysis.data import CountryData
 from metrics.analysis.request import LEVELS, PERCENTILES, AnalysisSpec, Breakdown
 from metrics.analysis.state import AnalysisState, foldable
-from metrics.estimators import MIN_SCHOOLS, MIN_STUDENTS, _flag_reason, replicate_estimate, weighted_quantiles
+from metrics.estimators import (MIN_SCHOOLS, MIN_STUDENTS, Z_95, _flag_reason, member_minus_average,
+                                replicate_estimate, weighted_quantiles)
 
-Z_95 = 1.959963984540054  # two-sided 5 %: a difference is significant when |difference| > Z_95 * SE
 QUARTER_PROBABILITIES = (0.25, 0.5, 0.75)
 UNDEFINED = "not defined for these students (no variation, or a single student)"
 
@@ -272,13 +272,10 @@ def _average(estimates: list[dict]) -> dict | None:
 def _against_average(country: str, estimate: dict, average: dict | None, members: dict[str, dict]) -> dict:
     if average is None or estimate["value"] is None:
         return {"value": None, "se": None, "significant": None, "undefined": "no estimate to compare"}
-    n = average["countries"]
     if country in members:  # the country is part of the average: its own error enters both sides
-        variance = ((n - 1) / n) ** 2 * estimate["se"] ** 2 + sum(
-            e["se"] ** 2 for code, e in members.items() if code != country) / n ** 2
+        value, se = member_minus_average(country, members)
     else:
-        variance = estimate["se"] ** 2 + average["se"] ** 2
-    value, se = estimate["value"] - average["value"], math.sqrt(variance)
+        value, se = estimate["value"] - average["value"], math.sqrt(estimate["se"] ** 2 + average["se"] ** 2)
     return {"value": value, "se": se, "significant": bool(abs(value) > Z_95 * se) if se > 0 else None,
             "undefined": None}
 

@@ -60,6 +60,24 @@ def test_every_chart_renders_with_data(page, live_stack):
     expect(page.locator("#banner")).to_be_hidden()
 
 
+def test_the_mean_score_chart_marks_countries_significantly_above_or_below_the_average(page, live_stack):
+    import json
+    import urllib.request
+
+    open_dashboard(page, live_stack)
+    page.wait_for_function("() => (document.getElementById('chart-scores').data || []).length > 0")
+    with urllib.request.urlopen(f"{live_stack.url}/api/v1/metrics/") as response:
+        versus = json.load(response)["mean_score_versus_average"]["READ"]
+    drawn = page.evaluate("""() => { const trace = document.getElementById('chart-scores').data[0];
+        return Object.fromEntries(trace.customdata.map((code, i) => [code, trace.marker.symbol[i]])); }""")
+    assert set(drawn) == set(versus)
+    for code, symbol in drawn.items():
+        expected = "circle"
+        if versus[code]["significant"]:
+            expected = "triangle-up" if versus[code]["value"] > 0 else "triangle-down"
+        assert symbol.removesuffix("-open") == expected, (code, versus[code])
+
+
 def test_polling_revalidates_with_etags_and_gets_304s(page, live_stack):
     statuses: list[int] = []
     page.on("response", lambda response: "/api/v1/metrics/" in response.url and statuses.append(response.status))

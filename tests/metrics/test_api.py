@@ -48,6 +48,23 @@ def test_the_average_is_the_unweighted_mean_of_the_countries_shown(client, two_c
     assert average["se"] == pytest.approx((alb["se"] ** 2 + arg["se"] ** 2) ** 0.5 / 2)
 
 
+def test_each_mean_score_is_set_against_the_average_shown_with_its_significance(client, two_countries):
+    body = client.get("/api/v1/metrics/?countries=ALB,ARG").json()
+    for domain in ("READ", "MATH", "SCIE"):
+        means = {code: body["by_country"][code]["statistics"]["scores"][domain]["mean"] for code in ("ALB", "ARG")}
+        average = body["average"]["scores"][domain]["mean"]["value"]
+        versus = body["mean_score_versus_average"][domain]
+        for code, mean in means.items():
+            assert versus[code]["value"] == pytest.approx(mean["value"] - average)
+        # With two countries each one's difference from their average is half their difference, with half its SE.
+        se_of_difference = (means["ALB"]["se"] ** 2 + means["ARG"]["se"] ** 2) ** 0.5
+        assert versus["ALB"]["se"] == pytest.approx(se_of_difference / 2)
+        assert versus["ALB"]["significant"] == versus["ARG"]["significant"] == (
+            abs(means["ALB"]["value"] - means["ARG"]["value"]) > 1.959963984540054 * se_of_difference)
+    one = client.get("/api/v1/metrics/?countries=ALB").json()
+    assert one["mean_score_versus_average"] == {"READ": {}, "MATH": {}, "SCIE": {}}
+
+
 @pytest.mark.parametrize("query, message", [
     ("countries=alb", "comma-separated upper-case"),
     ("countries=ALB,,ARG", "comma-separated upper-case"),

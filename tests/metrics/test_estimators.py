@@ -158,3 +158,24 @@ def test_submission_rates_count_the_complete_minutes_before_now_by_created_at():
     rates = country_statistics(state, now=now)["submissions"]
     assert rates["per_minute_last_hour"] == 120 / 60
     assert rates["per_hour_last_24h"] == (120 + 48) / 24
+
+
+def test_a_country_against_the_average_it_is_part_of_counts_its_own_error_once():
+    from metrics.estimators import Z_95, differences_from_average
+
+    estimates = {"ALB": {"value": 520.0, "se": 2.0}, "ARG": {"value": 500.0, "se": 3.0},
+                 "FRA": {"value": 503.0, "se": 4.0}, "ZZZ": {"value": None, "se": None}}
+    found = differences_from_average(estimates)
+    assert set(found) == {"ALB", "ARG", "FRA"}  # a country without an estimate is not in the average
+    codes = ["ALB", "ARG", "FRA"]
+    ses = np.array([estimates[c]["se"] for c in codes])
+    for k, code in enumerate(codes):
+        # The difference as a linear combination a . x of independent country estimates: a = e_k - 1/n.
+        a = -np.full(3, 1 / 3)
+        a[k] += 1
+        value = a @ np.array([estimates[c]["value"] for c in codes])
+        se = math.sqrt(np.sum(a ** 2 * ses ** 2))
+        assert found[code]["value"] == pytest.approx(value) and found[code]["se"] == pytest.approx(se)
+        assert found[code]["significant"] == (abs(value) > Z_95 * se)
+    assert found["ALB"]["significant"] and not found["FRA"]["significant"]
+    assert differences_from_average({"ALB": estimates["ALB"]}) == {}

@@ -62,7 +62,15 @@ export function emptyChart(id, message) {
 }
 
 /* A horizontal dot plot of one estimate per country with 95% CIs; flagged estimates grey and open. */
-export function dotPlot(id, rows, { digits = 1, unit = "", axisTitle, reference = null, zeroLine = false }) {
+export function significantSide(versus, code) {
+  const difference = versus && versus[code];
+  if (!difference || !difference.significant) return null;
+  return difference.value > 0 ? "above" : "below";
+}
+
+/* `versus`: {code: {value, se, significant}} against the reference line; a significant difference is drawn as a
+ * triangle pointing up (above) or down (below), and said in the tooltip. */
+export function dotPlot(id, rows, { digits = 1, unit = "", axisTitle, reference = null, zeroLine = false, versus = null }) {
   const usable = rows.filter((r) => r.estimate && r.estimate.value !== null);
   if (!usable.length) return emptyChart(id, "No data yet for these countries");
   fitHeight(id, usable.length);
@@ -84,10 +92,18 @@ export function dotPlot(id, rows, { digits = 1, unit = "", axisTitle, reference 
     marker: {
       size: 10,
       color: usable.map((r) => (r.estimate.flagged ? FLAGGED : PRIMARY)),
-      symbol: usable.map((r) => (r.estimate.flagged ? "circle-open" : "circle")),
+      symbol: usable.map((r) => {
+        const side = significantSide(versus, r.code);
+        const shape = side ? `triangle-${side === "above" ? "up" : "down"}` : "circle";
+        return r.estimate.flagged ? `${shape}-open` : shape;
+      }),
       line: { width: 2, color: usable.map((r) => (r.estimate.flagged ? FLAGGED : PRIMARY)) },
     },
-    hovertext: usable.map((r) => `<b>${escapeHtml(r.name)}</b><br>${estimateHover(r.estimate, digits, unit)}`),
+    hovertext: usable.map((r) => {
+      const side = significantSide(versus, r.code);
+      const difference = side ? `<br>significantly ${side} the average shown (${fmt(versus[r.code].value, digits)})` : "";
+      return `<b>${escapeHtml(r.name)}</b><br>${estimateHover(r.estimate, digits, unit)}${difference}`;
+    }),
     hoverinfo: "text",
   };
   const shapes = [];

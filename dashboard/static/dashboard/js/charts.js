@@ -242,6 +242,7 @@ export function renderScores() {
       digits: 1,
       axisTitle: `mean ${DOMAINS[domain].toLowerCase()} score`,
       reference: average === undefined ? null : average,
+      versus: state.metrics.mean_score_versus_average && state.metrics.mean_score_versus_average[domain],
     },
   );
   dotPlot(
