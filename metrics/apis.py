@@ -12,11 +12,25 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
 from pisa_site.errors import BadInput, NotFound
-from pisa_site.api import (ETAG_HEADERS, FormatParameterIsOurs, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi, cached_json,
-                           fast_path, method_not_allowed, query_check)
+from pisa_site.api import (ETAG_HEADERS, FormatParameterIsOurs, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
+                           answer_format, cached_csv, cached_json, fast_path, method_not_allowed, query_check)
 
 COUNTRIES_PARAMETER = countries_parameter("Absent or empty: every country with data.")
 COUNTRIES_ONLY = frozenset({"countries"})
+COUNTRIES_AND_FORMAT = frozenset({"countries", "format"})
+METRICS_PARAMETERS = frozenset({"countries", "format", "figures"})
+FORMAT_PARAMETER = OpenApiParameter("format", str, enum=["json", "csv"], description=(
+    "csv: the same answer as a tidy table, one row per country x group x figure "
+    "(docs/metrics.md, 'Every answer as a CSV')"))
+FIGURES_PARAMETER = OpenApiParameter("figures", str, description=(
+    "format=csv only: the figures to keep, comma-separated dotted names and every figure under them "
+    "(scores.READ.mean, scores.MATH, background.escs, submissions_by_hour_of_day); absent: all"))
+
+
+def csv_response(description: str) -> dict:
+    return {(200, "text/csv"): OpenApiResponse({"type": "string"}, description=description)}
+
+
 BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
 
 
@@ -26,18 +40,33 @@ def _query(request) -> str:
 
 def _metrics(request) -> HttpResponse:
     if request.GET:
-        query_check(request.GET, COUNTRIES_ONLY)
+        query_check(request.GET, METRICS_PARAMETERS, unmentioned=())
+        if answer_format(request.GET) == "csv":
+            return _metrics_csv(request)
+        if "figures" in request.GET:
+            raise BadInput("figures: only with format=csv (the JSON is always the whole document)")
     countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
                                             with_labels=True)
     return cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
 
 
+def _metrics_csv(request) -> HttpResponse:
+    figures = selectors.metrics_figures_parse(request.GET.get("figures"))
+    countries, etag = selectors.view_lookup(f"metrics:csv:{','.join(figures)}", _query(request),
+                                            lambda: request.GET.get("countries"), with_labels=True)
+    return cached_csv(request, etag, lambda: selectors.metrics_csv_bytes(countries, figures),
+                      filename="pisa-metrics.csv")
+
+
 class MetricsApi(PublicApi):
+    content_negotiation_class = FormatParameterIsOurs
+
     @extend_schema(
-        parameters=[COUNTRIES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
-        responses={200: OpenApiResponse(ref("Metrics"), description="Every statistic of the countries shown, "
-                                        "their average, labels and freshness (docs/metrics.md)"),
-                   304: NOT_MODIFIED, 400: BAD_REQUEST},
+        parameters=[COUNTRIES_PARAMETER, FORMAT_PARAMETER, FIGURES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
+        responses={(200, "application/json"): OpenApiResponse(ref("Metrics"), description=(
+                       "Every statistic of the countries shown, their average, labels and freshness "
+                       "(docs/metrics.md)")),
+                   **csv_response("format=csv: the figures as a tidy table"), 304: NOT_MODIFIED, 400: BAD_REQUEST},
     )
     def get(self, request):
         return _metrics(request)
@@ -132,12 +161,17 @@ COMPUTING = OpenApiResponse(ref("DistributionComputing"), description=(
 
 
 class VariableDistributionApi(PublicApi):
-    @extend_schema(parameters=[COUNTRIES_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
-                   responses={200: OpenApiResponse(ref("Distribution"), description="Weighted distribution by country"),
+    content_negotiation_class = FormatParameterIsOurs
+
+    @extend_schema(parameters=[COUNTRIES_PARAMETER, FORMAT_PARAMETER, IF_NONE_MATCH, *ETAG_HEADERS],
+                   responses={(200, "application/json"): OpenApiResponse(
+                                  ref("Distribution"), description="Weighted distribution by country"),
+                              **csv_response("format=csv: the distribution as a tidy table"),
                               202: COMPUTING, 304: NOT_MODIFIED, 400: BAD_REQUEST,
                               404: OpenApiResponse(ErrorSerializer, description="Not a codebook variable")})
     def get(self, request, name: str):
-        query_check(request.GET, COUNTRIES_ONLY)
+        query_check(request.GET, COUNTRIES_AND_FORMAT, unmentioned=())
+        form = answer_format(request.GET)
         countries = selectors.countries_parse(request.GET.get("countries"))
         variable, entries, due = selectors.distribution_lookup(name, countries)
         if due:
@@ -150,7 +184,10 @@ class VariableDistributionApi(PublicApi):
             response["Retry-After"] = str(DISTRIBUTION_RETRY_AFTER_SECONDS)
             response["Cache-Control"] = "no-store"
             return response
-        etag = selectors.distribution_etag(variable, countries, entries)
+        etag = selectors.distribution_etag(variable, countries, entries, form=form)
+        if form == "csv":
+            return cached_csv(request, etag, lambda: selectors.distribution_csv_bytes(variable, countries, entries),
+                              filename=f"pisa-distribution-{variable['name']}.csv")
         return cached_json(request, etag, lambda: selectors.distribution_bytes(variable, countries, entries, etag))
 
 
@@ -167,7 +204,7 @@ ANALYSIS_PARAMETERS = [
     OpenApiParameter("compare", str, description="average (of the countries shown), oecd (the OECD average) and/or "
                      "country codes: each country's difference from them, with its SE and significance"),
     OpenApiParameter("predictor", str, description="correlation and slope: a continuous variable such as ESCS"),
-    OpenApiParameter("format", str, enum=["json", "csv"], description="csv: one row per country x group x figure"),
+    FORMAT_PARAMETER,
 ]
 
 
@@ -177,20 +214,18 @@ class AnalysisApi(PublicApi):
     @extend_schema(parameters=[*ANALYSIS_PARAMETERS, IF_NONE_MATCH, *ETAG_HEADERS],
                    responses={(200, "application/json"): OpenApiResponse(ref("Analysis"), description=(
                                   "Estimates, averages and differences (docs/analysis.md)")),
-                              (200, "text/csv"): OpenApiResponse({"type": "string"}, description=(
-                                  "format=csv: the same as a tidy table")),
+                              **csv_response("format=csv: the same as a tidy table"),
                               202: OpenApiResponse(ref("AnalysisComputing"), description=(
                                   "Being computed by the analysis worker: ask again after Retry-After seconds")),
                               304: NOT_MODIFIED, 400: BAD_REQUEST})
     def get(self, request):
-        form, query = request.GET.get("format") or "json", request.META.get("QUERY_STRING", "")
+        form, query = request.GET.get("format", "json"), request.META.get("QUERY_STRING", "")
         remembered = selectors.analysis_remembered(query, form)
         if remembered is not None:
             spec, entries, etag = remembered
         else:
             spec = selectors.analysis_parse(request.GET)
-            if form not in ("json", "csv"):
-                raise BadInput(f"format {form[:20]!r}: say json or csv")
+            answer_format(request.GET)
             entries, missing, due = selectors.analysis_lookup(spec)
             if missing or due:
                 missing = services.analysis_entries_bring_up_to_date(spec=spec, entries=entries, missing=missing,
@@ -205,9 +240,6 @@ class AnalysisApi(PublicApi):
             etag = selectors.analysis_etag(spec, entries, form=form)
             selectors.analysis_remember(query, form, spec, entries, etag)
         if form == "csv":
-            response = cached_json(request, etag, lambda: selectors.analysis_csv_bytes(spec, entries, etag))
-            if response.status_code == 200:
-                response["Content-Type"] = "text/csv; charset=utf-8"
-                response["Content-Disposition"] = f'attachment; filename="pisa-analysis-{spec.key}.csv"'
-            return response
+            return cached_csv(request, etag, lambda: selectors.analysis_csv_bytes(spec, entries, etag),
+                              filename=f"pisa-analysis-{spec.key}.csv")
         return cached_json(request, etag, lambda: selectors.analysis_bytes(spec, entries, etag))

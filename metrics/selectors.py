@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from django.conf import settings
 from django.utils import timezone
 
-from metrics import cache
+from metrics import cache, tables
 from pisa_site.api import query_check
 from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
@@ -17,7 +17,7 @@ from metrics.analysis.engine import analysis_document
 from metrics.analysis.request import QUERY_PARAMETERS as ANALYSIS_QUERY_PARAMETERS, AnalysisSpec
 from metrics.analysis.state import foldable
 from metrics.analysis.request import analysis_parse as analysis_request_parse
-from metrics.estimators import Z_95, average_of_countries, differences_from_average
+from metrics.estimators import average_of_countries, differences_from_average
 from metrics.sufficient import DOMAINS
 
 COUNTRY_CODE = "[A-Z]{3,8}"
@@ -114,25 +114,46 @@ def _labels() -> dict:
     }
 
 
-def metrics_view(countries: Sequence[str], etag: str) -> bytes:
-    def build() -> dict:
-        documents = cache.country_documents(countries)
-        with_data = {code: doc["statistics"] for code, doc in documents.items() if doc["statistics"]["n_students"]}
-        labels = _labels()
-        return {
-            "generated_at": timezone.now().isoformat(),
-            "countries": list(countries),
-            "labels": {**labels, "countries": {c: labels["countries"].get(c, c) for c in countries}},
-            "by_country": {code: documents.get(code) for code in countries},
-            "average": average_of_countries(with_data) if with_data else None,
-            "average_of": sorted(with_data),
-            "mean_score_versus_average": {
-                domain: differences_from_average({code: stats["scores"][domain]["mean"]
-                                                  for code, stats in with_data.items()})
-                for domain in DOMAINS},
-        }
+def metrics_document(countries: Sequence[str]) -> dict:
+    documents = cache.country_documents(countries)
+    with_data = {code: doc["statistics"] for code, doc in documents.items() if doc["statistics"]["n_students"]}
+    labels = _labels()
+    return {
+        "generated_at": timezone.now().isoformat(),
+        "countries": list(countries),
+        "labels": {**labels, "countries": {c: labels["countries"].get(c, c) for c in countries}},
+        "by_country": {code: documents.get(code) for code in countries},
+        "average": average_of_countries(with_data) if with_data else None,
+        "average_of": sorted(with_data),
+        "mean_score_versus_average": {
+            domain: differences_from_average({code: stats["scores"][domain]["mean"]
+                                              for code, stats in with_data.items()})
+            for domain in DOMAINS},
+    }
 
-    return cache.view_bytes(etag, build)
+
+def metrics_view(countries: Sequence[str], etag: str) -> bytes:
+    return cache.view_bytes(etag, lambda: metrics_document(countries))
+
+
+FIGURE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_:]+)*$")
+
+
+def metrics_figures_parse(raw: str | None) -> list[str]:
+    """`?figures=scores.READ.mean,background.escs` (a figure and every figure under it); absent or empty: all."""
+    if not raw:
+        return []
+    figures = list(dict.fromkeys(raw.split(",")))
+    for figure in figures:
+        if not FIGURE_NAME.fullmatch(figure) or figure.split(".")[0] not in tables.METRICS_FIGURE_ROOTS:
+            raise InvalidParameter(
+                f"figures: {figure[:60]!r} is not a figure of the metrics document; a figure is a dotted path under "
+                f"{', '.join(tables.METRICS_FIGURE_ROOTS)} (scores.READ.mean, scores.MATH, background.escs)")
+    return figures
+
+
+def metrics_csv_bytes(countries: Sequence[str], figures: Sequence[str]) -> bytes:
+    return tables.csv_bytes(tables.metrics_rows(metrics_document(countries), figures))
 
 
 def country_document(country: str) -> dict | None:
@@ -226,24 +247,26 @@ def distribution_lookup(name: str, countries: Sequence[str]) -> tuple[dict, dict
     return variable, entries, due
 
 
-def distribution_etag(variable: dict, countries: Sequence[str], entries: dict[str, dict]) -> str:
+def distribution_etag(variable: dict, countries: Sequence[str], entries: dict[str, dict], *, form: str = "json") -> str:
     stamps = [repr(entries[c]["computed_at"]).encode() for c in countries]
-    return cache.etag_of(f"distribution:{variable['name']}", countries, stamps)
+    return cache.etag_of(f"distribution:{variable['name']}:{form}", countries, stamps)
+
+
+def _distribution_document(variable: dict, countries: Sequence[str], entries: dict[str, dict]) -> dict:
+    return {"variable": variable, "note": DISTRIBUTION_NOTE,
+            "computed_at": {c: entries[c]["computed_at"] for c in countries},
+            "countries": [entries[c]["result"] for c in countries]}
 
 
 def distribution_bytes(variable: dict, countries: Sequence[str], entries: dict[str, dict], etag: str) -> bytes:
-    return cache.view_bytes(etag, lambda: {
-        "variable": variable, "note": DISTRIBUTION_NOTE,
-        "computed_at": {c: entries[c]["computed_at"] for c in countries},
-        "countries": [entries[c]["result"] for c in countries],
-    })
+    return cache.view_bytes(etag, lambda: _distribution_document(variable, countries, entries))
+
+
+def distribution_csv_bytes(variable: dict, countries: Sequence[str], entries: dict[str, dict]) -> bytes:
+    return tables.csv_bytes(tables.distribution_rows(_distribution_document(variable, countries, entries)))
 
 
 # --- Open analyses (docs/analysis.md) ------------------------------------------------------------------------------
-
-ANALYSIS_CSV_COLUMNS = ("kind", "country", "group", "group_label", "figure", "versus", "estimate", "se", "ci_low",
-                        "ci_high", "students", "schools", "flagged", "flag_reason", "significant", "undefined")
-
 
 def analysis_parse(query) -> AnalysisSpec:
     """The analysis a query asks for (BadInput says what is wrong and what is allowed)."""
@@ -344,61 +367,5 @@ def analysis_bytes(spec: AnalysisSpec, entries: dict[str, dict], etag: str) -> b
     return cache.view_bytes(etag, lambda: analysis_answer(spec, entries))
 
 
-def _group_text(document: dict, group: list) -> tuple[str, str]:
-    if not group:
-        return "all", "all students"
-    labels = []
-    for breakdown, code in zip(document["breakdown"], group):
-        label = next((g["label"] for g in breakdown["groups"] if g["code"] == code), str(code))
-        labels.append(f"{breakdown['variable']}={label}")
-    return "|".join(str(code) for code in group), "; ".join(labels)
-
-
-def _csv_row(kind: str, country: str, group: tuple[str, str], figure: str, versus: str, estimate: dict) -> dict:
-    value, se = estimate.get("value"), estimate.get("se")
-    has_ci = value is not None and se is not None
-    return {"kind": kind, "country": country, "group": group[0], "group_label": group[1], "figure": figure,
-            "versus": versus, "estimate": value, "se": se,
-            "ci_low": value - Z_95 * se if has_ci else None, "ci_high": value + Z_95 * se if has_ci else None,
-            "students": estimate.get("students", estimate.get("countries")), "schools": estimate.get("schools"),
-            "flagged": estimate.get("flagged"), "flag_reason": estimate.get("flag_reason"),
-            "significant": estimate.get("significant"), "undefined": estimate.get("undefined")}
-
-
-def analysis_rows(document: dict) -> list[dict]:
-    """The answer as a tidy table: one row per country x group x figure (estimates, then averages, then every
-    difference with what it is taken against)."""
-    rows = []
-    for country, result in document["countries"].items():
-        for cell in result["cells"]:
-            group = _group_text(document, cell["group"])
-            rows += [_csv_row("estimate", country, group, figure, "", estimate)
-                     for figure, estimate in cell["figures"].items()]
-        for diff in result["within_country_differences"]:
-            rows.append(_csv_row("group difference", country, _group_text(document, diff["group"]), diff["figure"],
-                                 _group_text(document, diff["versus"])[1], diff))
-    for average in document["averages"]:
-        rows.append(_csv_row("average", average["of"].upper() if average["of"] == "oecd" else "AVERAGE",
-                             _group_text(document, average["group"]), average["figure"], "", average))
-    for comparison in document["comparisons"]:
-        rows.append(_csv_row("country difference", comparison["country"],
-                             _group_text(document, comparison["group"]), comparison["figure"], comparison["versus"],
-                             comparison))
-    return rows
-
-
-def rows_as_csv(rows: list[dict], columns: Sequence[str]) -> bytes:
-    """A CSV that opens as-is in Excel and pandas: UTF-8 with a byte-order mark, a header, empty cells for null."""
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\r\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    return ("\ufeff" + buffer.getvalue()).encode("utf-8")
-
-
 def analysis_csv_bytes(spec: AnalysisSpec, entries: dict[str, dict], etag: str) -> bytes:
-    return rows_as_csv(analysis_rows(analysis_answer(spec, entries)), ANALYSIS_CSV_COLUMNS)
+    return tables.csv_bytes(tables.analysis_rows(analysis_answer(spec, entries)))

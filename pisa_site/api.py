@@ -163,6 +163,26 @@ def method_not_allowed() -> JsonResponse:
     return JsonResponse({"error": "method not allowed"}, status=405)
 
 
+ANSWER_FORMATS = ("json", "csv")
+
+
+def answer_format(query: QueryDict) -> str:
+    """`?format=`: json (when absent) or csv (the tidy table of metrics/tables.py), else (empty too) a 400."""
+    form = query.get("format", "json")
+    if form not in ANSWER_FORMATS:
+        raise BadInput(f"format {form[:20]!r}: say json or csv")
+    return form
+
+
+def cached_csv(request, etag: str, body, *, filename: str) -> HttpResponse:
+    """`cached_json` for a CSV body: a download named `filename`."""
+    response = cached_json(request, etag, body)
+    if response.status_code == 200:
+        response["Content-Type"] = "text/csv; charset=utf-8"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
 def cached_json(request, etag: str, body) -> HttpResponse:
     """200 with `body` (bytes, or a function making them), or an empty 304 when the client holds `etag`."""
     # META, not request.headers: that builds a dict of every header on first use, for the one header wanted here.

@@ -1,5 +1,8 @@
 """/api/v1/metrics/, /api/v1/countries/ and the Forage contract, served from Redis with ETags."""
 
+import io
+
+import pandas as pd
 import pytest
 
 from ingestion.pipeline import source_sync
@@ -65,10 +68,67 @@ def test_each_mean_score_is_set_against_the_average_shown_with_its_significance(
     assert one["mean_score_versus_average"] == {"READ": {}, "MATH": {}, "SCIE": {}}
 
 
+def csv_table(answer) -> pd.DataFrame:
+    assert answer.status_code == 200 and answer["Content-Type"] == "text/csv; charset=utf-8"
+    assert answer["Content-Disposition"].startswith("attachment;")
+    return pd.read_csv(io.BytesIO(answer.content), encoding="utf-8-sig", keep_default_na=False, na_values=[""])
+
+
+def test_the_metrics_csv_holds_every_figure_of_the_json_in_a_tidy_table(client, two_countries):
+    body = client.get("/api/v1/metrics/?countries=ALB,ARG").json()
+    table = csv_table(client.get("/api/v1/metrics/?countries=ALB,ARG&format=csv"))
+    estimates = table[table["kind"] == "estimate"].set_index(["country", "figure"])
+    for code in ("ALB", "ARG"):
+        statistics = body["by_country"][code]["statistics"]
+        reading = statistics["scores"]["READ"]["mean"]
+        row = estimates.loc[(code, "scores.READ.mean")]
+        assert row["estimate"] == pytest.approx(reading["value"], rel=1e-15)
+        assert row["se"] == pytest.approx(reading["se"], rel=1e-15)
+        assert row["ci_high"] == pytest.approx(reading["value"] + 1.959963984540054 * reading["se"], rel=1e-12)
+        assert (row["students"], row["schools"]) == (reading["n_students"], reading["n_schools"])
+        assert estimates.loc[(code, "background.escs_mean"), "estimate"] == pytest.approx(
+            statistics["background"]["escs_mean"]["value"], rel=1e-15)
+        assert estimates.loc[(code, "n_students"), "estimate"] == statistics["n_students"]
+        hours = body["by_country"][code]["submissions_by_hour_of_day"]
+        assert sum(estimates.loc[(code, f"submissions_by_hour_of_day.{hour}"), "estimate"] for hour in hours) == sum(
+            hours.values())
+    average = table[(table["kind"] == "average") & (table["figure"] == "scores.MATH.gender_gap")].iloc[0]
+    assert average["country"] == "AVERAGE"
+    assert average["estimate"] == pytest.approx(body["average"]["scores"]["MATH"]["gender_gap"]["value"], rel=1e-15)
+    versus = table[table["kind"] == "country difference"].set_index(["country", "figure"])
+    assert versus.loc[("ARG", "scores.SCIE.mean"), "significant"] == body["mean_score_versus_average"]["SCIE"]["ARG"][
+        "significant"]
+    assert set(versus["versus"]) == {"AVERAGE"}
+
+
+def test_a_chart_downloads_only_its_figures_and_the_csv_has_its_own_etag(client, two_countries):
+    url = "/api/v1/metrics/?countries=ALB&format=csv&figures=scores.READ.mean,background.learning_hours_per_week"
+    answer = client.get(url)
+    table = csv_table(answer)
+    assert set(table["figure"]) == {"scores.READ.mean", "background.learning_hours_per_week"}
+    assert set(table["kind"]) == {"estimate", "average"}  # one country: nothing to set against its own average
+    assert set(csv_table(client.get(url.replace("scores.READ.mean", "scores.READ")))["figure"]) > {
+        "scores.READ.mean", "scores.READ.below_level2", "scores.READ.escs_gradient"}
+    assert client.get(url, HTTP_IF_NONE_MATCH=answer["ETag"]).status_code == 304
+    assert answer["ETag"] != client.get("/api/v1/metrics/?countries=ALB")["ETag"]
+    alb, _ = two_countries
+    alb.insert_students(2)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    changed = client.get(url, HTTP_IF_NONE_MATCH=answer["ETag"])
+    assert changed.status_code == 200
+    assert csv_table(changed).set_index("figure").loc["scores.READ.mean"].query("kind == 'estimate'")[
+        "students"].item() == 37
+
+
 @pytest.mark.parametrize("query, message", [
     ("countries=alb", "comma-separated upper-case"),
     ("countries=ALB,,ARG", "comma-separated upper-case"),
     ("countries=ZZZ", "unknown country code(s): ZZZ"),
+    ("format=xml", "say json or csv"),
+    ("figures=scores.READ", "figures: only with format=csv"),
+    ("format=csv&figures=colour", "'colour' is not a figure of the metrics document"),
+    ("format=csv&figures=scores.READ,", "'' is not a figure of the metrics document"),
 ])
 def test_bad_parameters_get_a_400_with_a_message(client, two_countries, query, message):
     response = client.get(f"/api/v1/metrics/?{query}")

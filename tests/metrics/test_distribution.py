@@ -2,6 +2,9 @@
 
 Computed by the analysis worker, never in a request: a request reads what it computed, or answers 202 while it does."""
 
+import io
+
+import pandas as pd
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -58,6 +61,24 @@ def test_a_continuous_variable_agrees_with_the_mean_from_the_running_sums(client
     assert alb["continuous"]["mean"]["se"] == pytest.approx(escs["se"], rel=1e-6)
     assert alb["continuous"]["p10"]["value"] <= alb["continuous"]["p50"]["value"] <= alb["continuous"]["p90"]["value"]
     assert any(m["reason"] in ("no_response", "system_missing") for m in alb["missing"])
+
+
+def test_a_distribution_downloads_as_the_same_tidy_table(client, albania):
+    url = "/api/v1/variables/ST004D01T/distribution/?countries=ALB"
+    [alb] = computed(client, url)["countries"]
+    answer = client.get(url + "&format=csv")
+    assert answer["Content-Type"] == "text/csv; charset=utf-8" and "ST004D01T" in answer["Content-Disposition"]
+    table = pd.read_csv(io.BytesIO(answer.content), encoding="utf-8-sig", dtype={"group": str})
+    estimates = table[table["kind"] == "estimate"].set_index("group")
+    for category in alb["categories"]:
+        row = estimates.loc[str(category["value"])]
+        assert row["group_label"] == f"ST004D01T={category['label']}"
+        assert row["estimate"] == pytest.approx(category["weighted_percent"]["value"], rel=1e-15)
+        assert row["se"] == pytest.approx(category["weighted_percent"]["se"], rel=1e-15)
+    missing = table[table["kind"] == "missing"].set_index("group")["students"].to_dict()
+    assert missing == {m["reason"]: m["students"] for m in alb["missing"]}
+    assert answer["ETag"] != client.get(url)["ETag"]
+    assert client.get(url + "&format=csv", HTTP_IF_NONE_MATCH=answer["ETag"]).status_code == 304
 
 
 def test_an_unknown_variable_is_a_404_and_a_bad_country_list_a_400(client, albania):

@@ -75,7 +75,8 @@ def test_an_unknown_parameter_is_a_400_that_names_it(small_codebook, caller, pat
 def test_a_parameter_given_twice_is_a_400(small_codebook, caller, path):
     name = sorted(OPERATIONS[path])[0]
     value = {"countries": "FRA", "page": "1", "kind": "weight", "section": "weights", "search": "x", "by": "ST004D01T",
-             "compare": "average", "format": "json", "predictor": "ESCS", "statistic": "mean", "target": "READ"}[name]
+             "compare": "average", "format": "json", "figures": "scores", "predictor": "ESCS", "statistic": "mean",
+             "target": "READ"}[name]
     assert refused(caller(path), path, f"{name}={value}&{name}={value}") == f"'{name}' is given 2 times: give it once"
 
 

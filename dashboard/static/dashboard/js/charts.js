@@ -303,8 +303,19 @@ export function renderEscsGradient() {
   );
 }
 
+// Each chart's "CSV" link: the figures of the metrics document it draws (its data-figures, {domain} the domain
+// shown) for the countries shown, as the API's tidy table (docs/metrics.md, "Every answer as a CSV").
+export function renderCsvLinks() {
+  const countries = state.selected.length ? `countries=${state.selected.join(",")}&` : "";
+  for (const link of document.querySelectorAll("a.csv-link[data-figures]")) {
+    const figures = link.dataset.figures.replaceAll("{domain}", state.domain);
+    link.href = `${CONFIG.urls.metrics}?${countries}format=csv&figures=${figures}`;
+  }
+}
+
 export function renderMetrics() {
   if (!state.metrics) return;
+  renderCsvLinks();
   renderCounter();
   renderSubmissionsOverTime();
   renderLearningHours();

@@ -58,6 +58,7 @@ export async function loadDistribution(name) {
   const countries = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
   const url = CONFIG.urls.distribution.replace("__name__", encodeURIComponent(name)) + countries;
   $("variable-title").textContent = `${name}: computing the weighted distribution…`;
+  $("variable-csv").hidden = true;
   const giveUpAt = Date.now() + DISTRIBUTION_TIMEOUT_MS;
   let answer;
   for (;;) {
@@ -87,6 +88,8 @@ export async function loadDistribution(name) {
     return emptyChart("chart-variable", "No distribution");
   }
   renderDistribution(answer.body);
+  $("variable-csv").href = `${url}${countries ? "&" : "?"}format=csv`;
+  $("variable-csv").hidden = false;
 }
 
 export const MISSING_REASONS = {
