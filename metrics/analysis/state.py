@@ -27,7 +27,7 @@ from metrics.analysis.request import LEVELS, AnalysisSpec
 from metrics.sufficient import N_WEIGHTS, SCORE_ORIGIN
 
 FOLDABLE_STATISTICS = ("mean", "sd", "percent", "levels", "correlation", "slope")
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: each cell's students per school as two int64 arrays after its sums, not JSON pairs
 STATE_MAGIC = b"PISA-ANALYSIS\n"
 # A variance below this share of the mean square is float rounding of a constant: no variation.
 NO_VARIATION = 1e-12
@@ -216,9 +216,12 @@ class AnalysisState:
         cells = []
         for key, cell in self.cells.items():
             names = sorted(cell.sums)
-            cells.append({"key": list(key), "schools": [[s, n] for s, n in cell.schools.items()],
+            cells.append({"key": list(key), "schools": len(cell.schools),
                           "sums": [[name, list(cell.sums[name].shape)] for name in names]})
             arrays += [np.ascontiguousarray(cell.sums[name], dtype="<f8") for name in names]
+            # A thousand schools as JSON pairs cost more to write and read than every sum of the cell.
+            arrays += [np.fromiter(cell.schools.keys(), "<i8", len(cell.schools)),
+                       np.fromiter(cell.schools.values(), "<i8", len(cell.schools))]
         header = json.dumps({
             "format": STATE_FORMAT, "change_id": self.change_id, "shifts": list(self.shifts),
             "students": self.students, "total_weight": self.total_weight, "oecd": self.oecd,
@@ -251,8 +254,11 @@ class AnalysisState:
                 count = int(np.prod(shape))
                 sums[name] = np.frombuffer(body, "<f8", count, offset).reshape(shape).copy()
                 offset += 8 * count
-            state.cells[tuple(cell["key"])] = Cell(schools=Counter(dict((s, n) for s, n in cell["schools"])),
-                                                   sums=sums)
+            n_schools = cell["schools"]
+            schools = np.frombuffer(body, "<i8", n_schools, offset).tolist()
+            counts = np.frombuffer(body, "<i8", n_schools, offset + 8 * n_schools).tolist()
+            offset += 16 * n_schools
+            state.cells[tuple(cell["key"])] = Cell(schools=Counter(dict(zip(schools, counts))), sums=sums)
         return state
 
 
