@@ -31,7 +31,7 @@ import psutil
 
 from bench.api import COUNTRIES, WEB_THREADS, WEB_WORKERS, requests_per_second
 from bench.common import ROOT, bench_environment, median, report
-from bench.metrics import made_up_rows
+from bench.metrics import copy_text, made_up_rows
 
 SEED_PER_COUNTRY, QUICK_SEED_PER_COUNTRY = 2_000, 500
 FULL_SIZE, QUICK_FULL_PER_COUNTRY = 612_004, 3_000
@@ -55,7 +55,7 @@ def _raw_lines(n: int, rng, analysis: np.ndarray) -> list[str]:
     template = ["\\N"] * len(names)
     at = {name: names.index(name) for name in ("IMMIG", "ST004D01T", "OECD", "ESCS")}
     gender, escs = ANALYSIS_COLUMNS.index("st004d01t"), ANALYSIS_COLUMNS.index("escs")
-    immig = rng.choice([1, 2, 3, 9], n, p=[0.8, 0.08, 0.08, 0.04])
+    immig = np.nan_to_num(analysis[:, ANALYSIS_COLUMNS.index("immig")], nan=9).astype(int)  # 9: no response
     lines = []
     for k in range(n):
         fields = template.copy()
@@ -71,7 +71,7 @@ def students_add(source, country: str, n: int, rng, first_id: int, *, log_change
 
     ids, schools, analysis = made_up_rows(n, rng, first_id, country)
     raws = _raw_lines(n, rng, analysis)
-    values = ["\t".join(map(repr, row)) for row in analysis.tolist()]
+    values = [copy_text(row) for row in analysis.tolist()]
     common = [f"{country}\t{school}\t2026-11-25 00:00:{i % 60:02d}+00" for i, school in zip(range(n), schools)]
     columns = ", ".join(ANALYSIS_COLUMNS)
     _copy("ingestion_student", f"source_id, cntstuid, source_row_id, raw, raw_md5, loaded_at, country, cntschid, "

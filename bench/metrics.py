@@ -47,10 +47,16 @@ def made_up_rows(n: int, rng: np.random.Generator, first_id: int, country: str):
     columns["tmins"] = rng.uniform(1200, 2100, n)
     columns["durecec"] = rng.integers(0, 9, n).astype(float)
     columns["belong"] = rng.normal(0, 1, n)
+    columns["immig"] = rng.choice([1.0, 2.0, 3.0, np.nan], n, p=[0.8, 0.08, 0.08, 0.04])  # NaN: a missing code
     analysis = np.column_stack([columns[c] for c in ANALYSIS_COLUMNS])
     schools = rng.integers(0, 600, n)
     ids = np.arange(first_id, first_id + n)
     return ids, schools, analysis
+
+
+def copy_text(values: list[float]) -> str:
+    """A row of floats as COPY text, NaN as NULL (the warehouse's missing value)."""
+    return "\t".join("\\N" if value != value else repr(value) for value in values)
 
 
 def copy_rows(table: str, fields: str, lines: list[str]) -> None:
@@ -64,7 +70,7 @@ def add_students(source, country: str, n: int, rng, first_id: int, *, log_change
     from ingestion.layout import ANALYSIS_COLUMNS
 
     ids, schools, analysis = made_up_rows(n, rng, first_id, country)
-    values = ["\t".join(map(repr, row)) for row in analysis.tolist()]
+    values = [copy_text(row) for row in analysis.tolist()]
     common = [f"{country}\t{school}\t2026-11-25 00:00:{i % 60:02d}+00" for i, school in zip(range(n), schools)]
     copy_rows("ingestion_student",
               f"source_id, cntstuid, source_row_id, raw, raw_md5, loaded_at, country, cntschid, source_created_at, "

@@ -10,8 +10,8 @@ from __future__ import annotations
 from django.db.models import Max, Sum
 from django.dispatch import Signal
 
-from ingestion.layout import (ANALYSIS_COLUMNS, ANALYSIS_VARIABLES, COVARIATES, PLAUSIBLE_VALUES, SCORE_DOMAINS,
-                              WEIGHTS, pisa_variables)
+from ingestion.layout import (ANALYSIS_COLUMNS, ANALYSIS_VARIABLES, COVARIATES, PACKED_COLUMNS, PLAUSIBLE_VALUES,
+                              SCORE_DOMAINS, WEIGHTS, pisa_variables)
 from ingestion.load import country_write_lock
 from ingestion.models import Source, SourceState, Student, StudentChange
 from ingestion.selectors import countries_with_stale_figures, country_reloading
@@ -39,7 +39,7 @@ def countries_with_students() -> set[str]:
 
 
 __all__ = [
-    "ANALYSIS_COLUMNS", "ANALYSIS_VARIABLES", "COVARIATES", "PLAUSIBLE_VALUES", "SCORE_DOMAINS", "WEIGHTS", "Source", "Student",
+    "ANALYSIS_COLUMNS", "ANALYSIS_VARIABLES", "COVARIATES", "PACKED_COLUMNS", "PLAUSIBLE_VALUES", "SCORE_DOMAINS", "WEIGHTS", "Source", "Student",
     "StudentChange", "countries_with_stale_figures", "countries_with_students", "country_changed",
     "country_figures_status_set", "country_freshness", "country_reloading", "country_students_recheck",
     "country_write_lock", "pisa_variables",

@@ -14,7 +14,8 @@ import numpy as np
 from django.db import connection
 from django.db.models import F, Q
 
-from ingestion.warehouse import ANALYSIS_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS, Source, Student, StudentChange
+from ingestion.warehouse import (ANALYSIS_COLUMNS, PACKED_COLUMNS, PLAUSIBLE_VALUES, SCORE_DOMAINS, WEIGHTS, Source,
+                                 Student, StudentChange)
 from metrics.sufficient import StudentBatch
 
 _N_WEIGHTS = len(WEIGHTS)
@@ -29,33 +30,41 @@ def _float_columns(expressions) -> str:
     return ", ".join(f"coalesce(({expression})::float8, 'NaN'::float8)" for expression in expressions)
 
 
-def _copy_floats(expressions, rest: str, params: list) -> np.ndarray:
-    """`SELECT <expressions> <rest>` as an (n, len(expressions)) float64 array, NULL as NaN, by one binary COPY.
+def _copy_floats(expressions, rest: str, params: list, *, packed: bool = False) -> np.ndarray:
+    """`SELECT <expressions> <rest>` as an (n, len(expressions)) float64 array, NULL as NaN, by one binary COPY;
+    with `packed`, each row's `analysis_packed` (students only) follows as len(PACKED_COLUMNS) more columns.
 
     Every field is cast to float8 and never NULL, so a row is an int16 field count followed by, per field, an int32
-    length (8) and 8 big-endian bytes: a fixed stride, read by NumPy without parsing. Integers (ids, school ids,
-    signs) are exact in float8 up to 2^53."""
-    width = len(expressions)
+    length (8) and 8 big-endian bytes (the packed column: one length, then its big-endian float8s): a fixed stride,
+    read by NumPy without parsing. Integers (ids, school ids, signs) are exact in float8 up to 2^53."""
+    width, extra = len(expressions), len(PACKED_COLUMNS) if packed else 0
+    columns = ", ".join(filter(None, [_float_columns(expressions), "analysis_packed" if packed else ""]))
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        sql = raw.mogrify(f"COPY (SELECT {_float_columns(expressions)} {rest}) TO STDOUT (FORMAT binary)", params)
+        sql = raw.mogrify(f"COPY (SELECT {columns} {rest}) TO STDOUT (FORMAT binary)", params)
         buffer = io.BytesIO()
         raw.copy_expert(sql.decode(), buffer)
     data = buffer.getvalue()
     if data[:11] != _COPY_SIGNATURE:
         raise ValueError("not a PostgreSQL binary COPY")
     start = 19 + struct.unpack(">i", data[15:19])[0]  # signature, flags, header extension length, extension
-    row = 2 + 12 * width
+    row = 2 + 12 * width + (4 + 8 * extra if packed else 0)
     n, trailing = divmod(len(data) - start - 2, row)
     if trailing or data[-2:] != b"\xff\xff":
         raise ValueError("unexpected binary COPY layout")
     if n == 0:
-        return np.empty((0, width))
+        return np.empty((0, width + extra))
     counts = np.ndarray((n,), ">i2", data, start, (row,))
     lengths = np.ndarray((n, width), ">i4", data, start + 2, (row, 12))
-    if (counts != width).any() or (lengths != 8).any():
+    if (counts != width + packed).any() or (lengths != 8).any():
         raise ValueError("unexpected binary COPY row layout")
-    return np.ndarray((n, width), ">f8", data, start + 6, (row, 12)).astype(np.float64)
+    matrix = np.ndarray((n, width), ">f8", data, start + 6, (row, 12)).astype(np.float64)
+    if not packed:
+        return matrix
+    at = start + 2 + 12 * width
+    if (np.ndarray((n,), ">i4", data, at, (row,)) != 8 * extra).any():
+        raise ValueError("analysis_packed does not hold PACKED_COLUMNS: migrate the warehouse")
+    return np.hstack([matrix, np.ndarray((n, extra), ">f8", data, at + 4, (row, 8)).astype(np.float64)])
 
 
 def _batch(rows: np.ndarray) -> StudentBatch:

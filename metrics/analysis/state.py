@@ -92,18 +92,17 @@ class AnalysisState:
             state.target_codes = Counter(y[~np.isnan(y[:, 0]), 0].tolist())
         if not valid.any():
             return state
-        if spec.by:
-            keys = np.stack([values[valid] for values in breakdown_values], axis=1)
-            unique, cell_of = np.unique(keys, axis=0, return_inverse=True)
-            cell_of = cell_of.reshape(-1)
-        else:
-            unique, cell_of = np.zeros((1, 0)), np.zeros(int(valid.sum()), dtype=np.int64)
-        members_weights, members_y = weights[valid], y[valid] - shifts[0]
-        members_x = None if x is None else x[valid] - shifts[1]
-        schools = data.school_id[valid]
-        for k, codes in enumerate(unique):
-            rows = cell_of == k
-            state.cells[tuple(codes.tolist())] = Cell(
+        members = np.flatnonzero(valid)
+        cell_of, cell_codes = _cell_index([values[members] for values in breakdown_values], len(members))
+        # The students in cell order, gathered once: each cell is then a slice (a view), not a masked copy.
+        order = members[np.argsort(cell_of, kind="stable")]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(cell_of, minlength=len(cell_codes)))])
+        members_weights, members_y = weights[order], y[order] - shifts[0]
+        members_x = None if x is None else x[order] - shifts[1]
+        schools = data.school_id[order]
+        for k, codes in enumerate(cell_codes):
+            rows = slice(bounds[k], bounds[k + 1])
+            state.cells[codes] = Cell(
                 schools=Counter(schools[rows].tolist()),
                 sums=_sums(spec, members_weights[rows], members_y[rows], None if x is None else members_x[rows]))
         return state
@@ -260,6 +259,28 @@ class AnalysisState:
             offset += 16 * n_schools
             state.cells[tuple(cell["key"])] = Cell(schools=Counter(dict(zip(schools, counts))), sums=sums)
         return state
+
+
+def _cell_index(columns: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, list[tuple]]:
+    """(each student's cell number, each cell's codes in sorted order) for the breakdown values of the students (no
+    NaN); one cell of all students without a breakdown. Codes are numbered per variable, then combined: a sort of
+    floats per variable, not a row-wise unique over all of them."""
+    if not columns:
+        return np.zeros(n, dtype=np.int64), [()]
+    combined, uniques = np.zeros(n, dtype=np.int64), []
+    for values in columns:
+        unique, inverse = np.unique(values, return_inverse=True)
+        combined = combined * len(unique) + inverse.reshape(-1)
+        uniques.append(unique.tolist())
+    present, cell_of = np.unique(combined, return_inverse=True)
+    codes = []
+    for key in present.tolist():
+        parts = []
+        for unique in reversed(uniques):
+            key, k = divmod(key, len(unique))
+            parts.append(unique[k])
+        codes.append(tuple(reversed(parts)))
+    return cell_of.reshape(-1), codes
 
 
 def _target(spec: AnalysisSpec, data: CountryData) -> np.ndarray:
