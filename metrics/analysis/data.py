@@ -8,7 +8,7 @@ group or enter a sum. A raw field costs: `split_part` detoasts the ~4 KB line an
 
 Fast path: when everything asked for is typed (the OECD membership aside), a student's values come as its one
 `analysis_packed` value (ingestion/layout.py) instead of ~100 float8 fields, the per-field work of the COPY being what
-costs (bench/analysis.py: about 3x less time to read a country).
+costs (30,000 students: ~80 ms instead of ~250 ms).
 """
 
 from __future__ import annotations
