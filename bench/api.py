@@ -117,8 +117,13 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.2)
+            gzip_request = urllib.request.Request(f"http://127.0.0.1:{port}{metrics_path}",
+                                                  headers={"Accept-Encoding": "gzip"})
+            with urllib.request.urlopen(gzip_request) as response:
+                gzip_size = len(response.read())  # urllib does not decode: the bytes sent
             cases = {"constant": ("/bench/constant/", {}), "metrics_304": (metrics_path, {"If-None-Match": etag}),
-                     "constant_large": ("/bench/constant-large/", {}), "metrics_200": (metrics_path, {})}
+                     "constant_large": ("/bench/constant-large/", {}), "metrics_200": (metrics_path, {}),
+                     "metrics_200_gzip": (metrics_path, {"Accept-Encoding": "gzip"})}
             workers = psutil.Process(server.pid).children()
             for path, headers in cases.values():  # warm-up: first requests, imports, views built
                 requests_per_second(port, path, headers, 0.5)
@@ -146,12 +151,14 @@ def main() -> None:
         report("api", {
             "what": f"requests/s, {CLIENTS} client processes with keep-alive, gunicorn {WEB_WORKERS}x{WEB_THREADS}, "
                     f"medians of {rounds} interleaved rounds of {seconds}s per case, 20 countries",
-            "metrics_body_bytes": size,
+            "metrics_body_bytes": size, "metrics_body_bytes_gzip": gzip_size,
             "constant_view_rps": round(best["constant"]), "constant_same_size_rps": round(best["constant_large"]),
             "metrics_200_rps": round(best["metrics_200"]), "metrics_304_rps": round(best["metrics_304"]),
             "ratio_304_over_constant": ratio("metrics_304", "constant"),
             "ratio_200_over_constant_same_size": ratio("metrics_200", "constant_large"),
             "ratio_200_over_constant": ratio("metrics_200", "constant"),
+            "metrics_200_gzip_rps": round(best["metrics_200_gzip"]),
+            "ratio_200_gzip_over_200": ratio("metrics_200_gzip", "metrics_200"),
             "ratio_304_per_round": [round(a / b, 3) for a, b in zip(rps["metrics_304"], rps["constant"])],
             "ratio_200_per_round": [round(a / b, 3) for a, b in zip(rps["metrics_200"], rps["constant_large"])],
             "p50_ms": {name: round(value, 2) for name, value in p50.items()},

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from pisa_site.compression import GZIP_MIN_BYTES, accepts_gzip, gzip_once, weak
 from pisa_site.errors import BadInput, NotFound
 
 MAX_NAMES_SHOWN = 5
@@ -184,12 +185,20 @@ def cached_csv(request, etag: str, body, *, filename: str) -> HttpResponse:
 
 
 def cached_json(request, etag: str, body) -> HttpResponse:
-    """200 with `body` (bytes, or a function making them), or an empty 304 when the client holds `etag`."""
+    """200 with `body` (bytes, or a function making them), gzipped once per ETag for a client that accepts it
+    (pisa_site/compression.py), or an empty 304 when the client holds `etag` (either form)."""
     # META, not request.headers: that builds a dict of every header on first use, for the one header wanted here.
+    # A substring test: the client's W/"x" (a gzipped answer's) holds "x", and so does a list of ETags.
+    gzipped = accepts_gzip(request.META.get("HTTP_ACCEPT_ENCODING", ""))
     if etag in request.META.get("HTTP_IF_NONE_MATCH", ""):
         response = HttpResponseNotModified()
     else:
-        response = HttpResponse(body() if callable(body) else body, content_type="application/json")
-    response["ETag"] = etag
+        content = body() if callable(body) else body
+        gzipped = gzipped and len(content) >= GZIP_MIN_BYTES
+        response = HttpResponse(gzip_once(etag, content) if gzipped else content, content_type="application/json")
+        if gzipped:
+            response["Content-Encoding"] = "gzip"
+    response["ETag"] = weak(etag) if gzipped else etag
+    response["Vary"] = "Accept-Encoding"
     response["Cache-Control"] = CACHE_CONTROL
     return response

@@ -100,11 +100,13 @@ def _clean_cache():
     """Each test starts with an empty metrics cache (the broker's database is left alone)."""
     from ingestion.apis import rendered_statuses_forget
     from metrics import cache
+    from pisa_site.compression import gzipped_forget
 
     client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
     client.flushdb()
     cache.versions_forget()  # this process's snapshot of the metrics versions (metrics/cache.py) went with it
     rendered_statuses_forget()  # and its rendering of /api/v1/sources/ (ingestion/apis.py)
+    gzipped_forget()  # and its gzipped answers (pisa_site/compression.py)
     yield
     client.close()
 

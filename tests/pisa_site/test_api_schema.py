@@ -91,7 +91,9 @@ def no_source_password(ctx, response, case) -> None:
 @schema.parametrize()
 @settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 def test_the_api_keeps_to_its_openapi_schema(case):
-    case.call_and_validate(headers={"Authorization": STAFF_AUTHORIZATION}, additional_checks=[no_source_password])
+    # Schemathesis's WSGI transport asks for gzip but does not decode it; gzip is tested in test_compression.py.
+    case.call_and_validate(headers={"Authorization": STAFF_AUTHORIZATION, "Accept-Encoding": "identity"},
+                           additional_checks=[no_source_password])
 
 
 def _routes(patterns, prefix: str = ""):
