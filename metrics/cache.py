@@ -15,16 +15,14 @@ the publish. A publish or removal made by a process clears that process's snapsh
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.cache import cache
 
-from pisa_site.cache import redis_client
+from pisa_site.cache import BytesByEtag, redis_client
 from pisa_site.etags import strong_etag
 from pisa_site.snapshots import ProcessSnapshot
 
@@ -138,26 +136,12 @@ def versions_forget() -> None:
 
 
 # Fast path: the last few assembled views also stay in this process, sparing a 100 KB Redis read per 200.
-_recent_views: OrderedDict[str, bytes] = OrderedDict()
-_recent_views_lock = threading.Lock()  # gunicorn's threads share it
 RECENT_VIEWS_PER_PROCESS = 16
+_views = BytesByEtag(VIEW, ttl_seconds=VIEW_TTL_SECONDS, per_process=RECENT_VIEWS_PER_PROCESS)
 
 
 def view_bytes(etag: str, build: Callable[[], dict]) -> bytes:
-    body = _recent_views.get(etag)
-    if body is not None:
-        return body
-    key = VIEW.format(etag.strip('"'))
-    client = redis_client()
-    body = client.get(key)
-    if body is None:
-        body = json.dumps(build(), separators=(",", ":"), allow_nan=False).encode()
-        client.set(key, body, ex=VIEW_TTL_SECONDS)
-    with _recent_views_lock:
-        _recent_views[etag] = body
-        while len(_recent_views) > RECENT_VIEWS_PER_PROCESS:
-            _recent_views.popitem(last=False)
-    return body
+    return _views.get(etag, lambda: json.dumps(build(), separators=(",", ":"), allow_nan=False).encode())
 
 
 # --- Distributions of any variable: computed by the analysis worker, one entry per (variable, country) -----------

@@ -5,6 +5,9 @@ millisecond each); the API answers a 304 in well under a millisecond otherwise. 
 connection pool and process. redis-py's pools are fork-safe, so Celery and gunicorn children get their own sockets.
 """
 
+import threading
+from collections import OrderedDict
+
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 
@@ -36,3 +39,35 @@ def redis_client():
     from django.core.cache import cache
 
     return cache.redis_client()
+
+
+class BytesByEtag:
+    """Bytes an ETag names, built once by whichever process needs them first: kept in that process (its last
+    `per_process`) and in Redis (`key` formatted with the ETag, for `ttl_seconds`), where every other process finds
+    them. An ETag names one body, so what is kept under it never goes stale; it only ages out."""
+
+    def __init__(self, key: str, *, ttl_seconds: int, per_process: int) -> None:
+        self.key, self.ttl_seconds, self.per_process = key, ttl_seconds, per_process
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()  # gunicorn's threads share it
+
+    def get(self, etag: str, build) -> bytes:
+        body = self._recent.get(etag)
+        if body is not None:
+            return body
+        key = self.key.format(etag.removeprefix("W/").strip('"'))
+        client = redis_client()
+        body = client.get(key)
+        if body is None:
+            body = build()
+            client.set(key, body, ex=self.ttl_seconds)
+        with self._lock:
+            self._recent[etag] = body
+            while len(self._recent) > self.per_process:
+                self._recent.popitem(last=False)
+        return body
+
+    def forget(self) -> None:
+        """Drop this process's table (tests, which flush Redis between them)."""
+        with self._lock:
+            self._recent.clear()

@@ -13,10 +13,8 @@ the client sends back earns a 304.
 from __future__ import annotations
 
 import gzip
-import threading
-from collections import OrderedDict
 
-from pisa_site.cache import redis_client
+from pisa_site.cache import BytesByEtag
 
 # Below this a body goes as it is: gzip's 20-byte frame and a Redis round trip would cost more than they save.
 GZIP_MIN_BYTES = 1024
@@ -26,8 +24,7 @@ GZIP_KEY = "pisa:gzip:{}"
 GZIP_TTL_SECONDS = 600  # a body's gzip is asked for while its ETag is current: seconds, rarely minutes
 GZIPPED_PER_PROCESS = 32
 
-_gzipped: OrderedDict[str, bytes] = OrderedDict()
-_gzipped_lock = threading.Lock()
+_gzipped = BytesByEtag(GZIP_KEY, ttl_seconds=GZIP_TTL_SECONDS, per_process=GZIPPED_PER_PROCESS)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -47,22 +44,9 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 def gzip_once(etag: str, body: bytes) -> bytes:
-    """`body` gzipped, compressed by at most one request per ETag and process-lifetime of its Redis key."""
-    gzipped = _gzipped.get(etag)
-    if gzipped is not None:
-        return gzipped
-    key = GZIP_KEY.format(etag.strip('"'))
-    client = redis_client()
-    gzipped = client.get(key)
-    if gzipped is None:
-        # mtime=0: the same body always gives the same bytes, whichever process compressed it.
-        gzipped = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        client.set(key, gzipped, ex=GZIP_TTL_SECONDS)
-    with _gzipped_lock:
-        _gzipped[etag] = gzipped
-        while len(_gzipped) > GZIPPED_PER_PROCESS:
-            _gzipped.popitem(last=False)
-    return gzipped
+    """`body` gzipped, compressed by one request per ETag while its Redis key lives."""
+    # mtime=0: the same body always gives the same bytes, whichever process compressed it.
+    return _gzipped.get(etag, lambda: gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0))
 
 
 def weak(etag: str) -> str:
@@ -71,5 +55,4 @@ def weak(etag: str) -> str:
 
 def gzipped_forget() -> None:
     """Drop this process's table (tests, which flush Redis between them)."""
-    with _gzipped_lock:
-        _gzipped.clear()
+    _gzipped.forget()
