@@ -58,13 +58,16 @@ def _copy_floats(expressions, rest: str, params: list, *, packed: bool = False) 
     lengths = np.ndarray((n, width), ">i4", data, start + 2, (row, 12))
     if (counts != width + packed).any() or (lengths != 8).any():
         raise ValueError("unexpected binary COPY row layout")
-    matrix = np.ndarray((n, width), ">f8", data, start + 6, (row, 12)).astype(np.float64)
+    fields = np.ndarray((n, width), ">f8", data, start + 6, (row, 12))
     if not packed:
-        return matrix
+        return fields.astype(np.float64)
     at = start + 2 + 12 * width
     if (np.ndarray((n,), ">i4", data, at, (row,)) != 8 * extra).any():
         raise ValueError("analysis_packed does not hold PACKED_COLUMNS: migrate the warehouse")
-    return np.hstack([matrix, np.ndarray((n, extra), ">f8", data, at + 4, (row, 8)).astype(np.float64)])
+    matrix = np.empty((n, width + extra))  # each block converted straight into place: one pass over ~30 MB, not three
+    matrix[:, :width] = fields
+    matrix[:, width:] = np.ndarray((n, extra), ">f8", data, at + 4, (row, 8))
+    return matrix
 
 
 def _batch(rows: np.ndarray) -> StudentBatch:

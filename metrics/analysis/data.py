@@ -169,7 +169,7 @@ def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, 
     def at(f: int, p: int, kind: str, name: str) -> int:
         return sql_at[(f, p)] if kind == "sql" else typed_start + column[name]
 
-    weights = np.nan_to_num(matrix[:, [typed_start + column[w.lower()] for w in WEIGHTS]])
+    weights = np.nan_to_num(matrix[:, [typed_start + column[w.lower()] for w in WEIGHTS]], copy=False)  # a fresh copy
     values = {}
     for f, (name, parts, variable) in enumerate(fields):
         block = matrix[:, [at(f, p, kind, text) for p, (kind, text) in enumerate(parts)]]

@@ -84,7 +84,8 @@ class AnalysisState:
         for breakdown in spec.by:
             values = data.values[breakdown.variable]
             known = ~np.isnan(values)
-            state.codes.append(Counter(values[known].tolist()))
+            code_values, students = np.unique(values[known], return_counts=True)
+            state.codes.append(Counter(dict(zip(code_values.tolist(), students.tolist()))))
             state.missing.append([int((~known).sum()), float(final[~known].sum())])
             breakdown_values.append(values)
             valid &= known
@@ -102,8 +103,9 @@ class AnalysisState:
         schools = data.school_id[order]
         for k, codes in enumerate(cell_codes):
             rows = slice(bounds[k], bounds[k + 1])
+            school_ids, students = np.unique(schools[rows], return_counts=True)
             state.cells[codes] = Cell(
-                schools=Counter(schools[rows].tolist()),
+                schools=Counter(dict(zip(school_ids.tolist(), students.tolist()))),
                 sums=_sums(spec, members_weights[rows], members_y[rows], None if x is None else members_x[rows]))
         return state
 
