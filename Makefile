@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 # the test suite gets its own PISA_HOME so it never touches the data of the stack you run.
 PISA_HOME ?= $(CURDIR)/.pisa
 PORT ?= 8000
+STREAM_PORT ?= 8001
 FLOWER_PORT ?= 5555
-export PORT FLOWER_PORT
+export PORT STREAM_PORT FLOWER_PORT
 EMBEDDED := $(PY) -m pisa_site.embedded run --
 # The Procfile's commands (gunicorn, celery, honcho) are the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -6,11 +6,14 @@ each time and mostly gets an empty `304 Not Modified`.
 
 from __future__ import annotations
 
-from django.http import HttpResponse, JsonResponse
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 
 from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
+from pisa_site import stream
 from pisa_site.errors import BadInput, NotFound
 from pisa_site.api import (ETAG_HEADERS, FormatParameterIsOurs, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
                            answer_format, cached_csv, cached_json, fast_path, method_not_allowed, query_check)
@@ -77,6 +80,52 @@ def metrics_fast(request):
     if request.method != "GET":
         return method_not_allowed()
     return _metrics(request)
+
+
+STREAM_RETRY_AFTER_SECONDS = 5
+
+
+class MetricsStreamApi(PublicApi):
+    @extend_schema(
+        operation_id="v1_stream",
+        parameters=[countries_parameter("The countries whose changes to announce; absent or empty: every country.")],
+        responses={(200, "text/event-stream"): OpenApiResponse({"type": "string"}, description=(
+                       "Server-sent events (docs/scaling.md, 'The stream'): `ready` once, then `metrics` "
+                       "`{\"countries\": [...]}` within milliseconds of a change to those countries' documents (GET "
+                       "the metrics URL to see it), `resync` after a gap in which changes may have been missed (GET "
+                       "again), and `heartbeat` every 5 s on a quiet stream")),
+                   400: BAD_REQUEST,
+                   404: OpenApiResponse(ErrorSerializer, description=(
+                       "Asked of the WSGI server: the stream has its own server (STREAM_PORT or STREAM_URL)")),
+                   503: OpenApiResponse(ErrorSerializer, description=(
+                       "This web process holds its most streams, or cannot reach Redis: poll instead, and try the "
+                       "stream again after Retry-After"))},
+    )
+    def get(self, request):  # pragma: no cover - the schema's; the URL serves metrics_stream
+        raise NotImplementedError
+
+
+@fast_path(MetricsStreamApi)
+async def metrics_stream(request):
+    """Tells a dashboard when a document it shows changed (pisa_site/stream.py); served by the ASGI workers."""
+    if request.method != "GET":
+        return method_not_allowed()
+    countries = await sync_to_async(selectors.stream_countries_parse)(request.GET)
+    if not isinstance(request, ASGIRequest):  # a WSGI thread would be held for as long as the viewer watches
+        raise NotFound("the stream is served by the stream server (gunicorn pisa_site.asgi --worker-class asgi, "
+                       "on STREAM_PORT: docs/scaling.md), not by this one")
+    hub = stream.change_hub()
+    viewer = stream.Viewer(countries)
+    if hub.full() or not await hub.join(viewer):
+        response = JsonResponse({"error": "no stream available here now: poll the metrics URL"}, status=503)
+        response["Retry-After"] = str(STREAM_RETRY_AFTER_SECONDS)
+        return response
+    response = StreamingHttpResponse(stream.viewer_events(hub, viewer), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx and the like: pass each event on at once
+    # Public data, no credentials: any page may listen, the dashboard included when the stream has its own port.
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 class CountryListApi(PublicApi):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.cache import cache
 
+from pisa_site import stream
 from pisa_site.cache import BytesByEtag, redis_client
 from pisa_site.etags import strong_etag
 from pisa_site.snapshots import ProcessSnapshot
@@ -46,13 +47,17 @@ def country_document_publish(*, country: str, document: dict, version: str) -> N
     pipe.set(COUNTRY_DOCUMENT.format(country), body)
     pipe.set(COUNTRY_VERSION.format(country), version)
     pipe.sadd(COUNTRY_INDEX, country)
+    stream.change_announce(topic=stream.METRICS, country=country, pipe=pipe)
     pipe.execute()
     versions_forget()
 
 
 def country_document_remove(*, country: str) -> None:
-    redis_client().delete(COUNTRY_DOCUMENT.format(country), COUNTRY_VERSION.format(country))
-    redis_client().srem(COUNTRY_INDEX, country)
+    pipe = redis_client().pipeline()
+    pipe.delete(COUNTRY_DOCUMENT.format(country), COUNTRY_VERSION.format(country))
+    pipe.srem(COUNTRY_INDEX, country)
+    stream.change_announce(topic=stream.METRICS, country=country, pipe=pipe)
+    pipe.execute()
     versions_forget()
 
 

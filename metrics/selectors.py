@@ -72,6 +72,15 @@ def countries_parse(raw: str | None) -> list[str]:
     return codes
 
 
+def stream_countries_parse(query) -> list[str] | None:
+    """The countries a stream announces (`?countries=`, checked as the metrics URL checks them); None: every one."""
+    query_check(query, ("countries",))
+    codes = _country_codes(query.get("countries"))
+    if codes is not None:
+        _check_known(codes, [cache.versions_snapshot().versions.get(code) for code in codes])
+    return codes
+
+
 def view_lookup(kind: str, query: str, raw: Callable[[], str | None], *,
                 with_labels: bool) -> tuple[list[str], str]:
     """The hot path of every polled view: the countries asked for and the ETag of their view, made from the versions

@@ -14,6 +14,7 @@ urlpatterns = [
 # past the admin's and the other apps' patterns.
 polled_urlpatterns = [
     path("api/v1/metrics/", apis.metrics_fast, name="metrics"),
+    path("api/v1/stream/", apis.metrics_stream, name="stream"),
     *(re_path(rf"^api/forage/{chart}/?$", apis.forage_fast(chart), name=f"forage-{chart}")
       for chart in FORAGE_CHARTS),
 ]

@@ -7,6 +7,7 @@ than being ignored (a misspelt `?contries=ALB` would otherwise silently answer f
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Collection
 
 from django.http import HttpResponse, HttpResponseNotModified, JsonResponse, QueryDict
@@ -112,12 +113,20 @@ def fast_path(api_class: type[APIView]):
     OpenAPI schema (drf-spectacular reads `cls` on the URL's callback). Its refusals answer as a DRF view's do."""
 
     def decorate(function):
-        @functools.wraps(function)
-        def view(request, *args, **kwargs):
-            try:
-                return function(request, *args, **kwargs)
-            except (BadInput, NotFound) as exc:
-                return refusal_response(exc)
+        if inspect.iscoroutinefunction(function):  # an async view (the stream), served as such under ASGI
+            @functools.wraps(function)
+            async def view(request, *args, **kwargs):
+                try:
+                    return await function(request, *args, **kwargs)
+                except (BadInput, NotFound) as exc:
+                    return refusal_response(exc)
+        else:
+            @functools.wraps(function)
+            def view(request, *args, **kwargs):
+                try:
+                    return function(request, *args, **kwargs)
+                except (BadInput, NotFound) as exc:
+                    return refusal_response(exc)
 
         view.cls = api_class
         view.initkwargs = {}

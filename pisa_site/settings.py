@@ -326,6 +326,14 @@ METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)
 # How old each web process's snapshot of the metrics versions may be (metrics/cache.py): the bound on how long after a
 # publish a 304 may still be sent for the old document. A small part of the one-second freshness budget.
 METRICS_VERSIONS_CACHE_SECONDS = float(os.environ.get("METRICS_VERSIONS_CACHE_SECONDS", "0.1"))
+# The most viewers one web process keeps on GET /api/v1/stream/ (pisa_site/stream.py); beyond, it answers 503 with
+# Retry-After and the dashboard polls. An open stream costs a few KB and an idle asyncio task.
+STREAM_MAX_VIEWERS = env_int("STREAM_MAX_VIEWERS", 5000)
+# Where browsers open the stream. STREAM_URL when a proxy serves it (e.g. "/api/v1/stream/" on the page's origin);
+# else the page's host on STREAM_PORT, where `make run` and docker compose run the ASGI server; neither: no stream,
+# the dashboard polls.
+STREAM_URL = os.environ.get("STREAM_URL", "")
+STREAM_PORT = env_int("STREAM_PORT", 0)
 # The safety net for lost refresh messages (metrics/tasks.py refresh_overdue): how often it looks, and how long a
 # country's changes may wait unfolded before it asks for a refresh again.
 METRICS_SWEEP_SECONDS = float(os.environ.get("METRICS_SWEEP_SECONDS", "5"))

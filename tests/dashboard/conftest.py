@@ -1,6 +1,6 @@
 """The live stack and a real headless Chromium for the dashboard's end-to-end tests.
 
-One stack per module (gunicorn, the ingestion and metrics Celery workers and beat, under honcho as `make run` starts
+One stack per module (gunicorn for the API and for its change stream, the ingestion and metrics Celery workers and beat, under honcho as `make run` starts
 them), on the test database and the suite's Redis, fed by real source databases. The module's tests share it, so the
 per-test flush of the metrics cache is turned off here: the stack's published metrics must survive between tests.
 """
@@ -121,15 +121,16 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
             source.insert_students(INITIAL_STUDENTS)
         cnt_variable_id = Variable.objects.get(name="CNT").pk
 
-    port = free_port()
+    port, stream_port = free_port(), free_port()
     bin_dir = os.path.dirname(sys.executable)
-    env = subprocess_env(PORT=str(port), PISA_HOME=str(home), DEBUG="1", WEB_WORKERS="1", INGEST_CONCURRENCY="3",
+    env = subprocess_env(PORT=str(port), STREAM_PORT=str(stream_port), PISA_HOME=str(home), DEBUG="1", WEB_WORKERS="1", INGEST_CONCURRENCY="3",
                          METRICS_CONCURRENCY="2", LOG_LEVEL="WARNING", PATH=f"{bin_dir}:{os.environ['PATH']}")
     log_path = home / "stack.log"
     with open(log_path, "wb") as log:
         # The Procfile's processes as `make run` starts them, less Flower, which the page does not use.
         process = subprocess.Popen(
-            [f"{bin_dir}/honcho", "start", "--port", str(port), "web", "ingest", "metrics", "analysis", "beat"],
+            [f"{bin_dir}/honcho", "start", "--port", str(port), "web", "stream", "ingest", "metrics", "analysis",
+             "beat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = LiveStack(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, sources=sources,
                       cnt_variable_id=cnt_variable_id)

@@ -78,16 +78,37 @@ def test_the_mean_score_chart_marks_countries_significantly_above_or_below_the_a
         assert symbol.removesuffix("-open") == expected, (code, versus[code])
 
 
-def test_polling_revalidates_with_etags_and_gets_304s(page, live_stack):
+def test_without_the_stream_the_page_polls_every_second_and_revalidates_with_etags(page, live_stack):
+    """A proxy that will not pass the stream, or a browser that cannot open it: the page polls, as it always could."""
+    page.route("**/api/v1/stream/**", lambda route: route.abort())
     statuses: list[int] = []
     page.on("response", lambda response: "/api/v1/metrics/" in response.url and statuses.append(response.status))
     open_dashboard(page, live_stack)
-    expect(page.locator("#updated-ago")).to_contain_text("Updated")
+    expect(page.locator("#updated-ago")).to_contain_text("s ago")  # polling; "changes are pushed" with a stream
     for _ in range(20):  # a few polls of the page (one a second); nothing changes meanwhile
         if statuses.count(304) >= 3:
             break
         page.wait_for_timeout(500)
     assert statuses[0] == 200 and statuses.count(304) >= 3, statuses
+
+
+def test_with_the_stream_a_new_row_is_fetched_when_it_is_announced_not_by_polling(page, live_stack):
+    metrics_requests: list[float] = []
+    page.on("request", lambda request: "/api/v1/metrics/" in request.url and metrics_requests.append(time.monotonic()))
+    open_dashboard(page, live_stack)
+    expect(page.locator("#updated-ago")).to_contain_text("changes are pushed")
+    page.wait_for_timeout(1000)
+    quiet_since = time.monotonic()
+    page.wait_for_timeout(4000)
+    # The poll is a safety net every 5 s while the stream is up: at most one in a quiet 4 s.
+    assert len([t for t in metrics_requests if t >= quiet_since]) <= 1, metrics_requests
+    before = int(page.locator("#submissions-count").get_attribute("data-value"))
+    inserted_at = time.monotonic()
+    live_stack.sources["ARG"].insert_students(3)
+    page.wait_for_function("(n) => document.getElementById('submissions-count').dataset.value === n",
+                           arg=str(before + 3), polling="raf", timeout=UPDATE_GIVE_UP_MS)
+    seconds = time.monotonic() - inserted_at
+    assert seconds <= LIVE_UPDATE_SECONDS, f"the counter showed the new rows after {seconds:.2f} s"
 
 
 def test_inserting_rows_raises_the_counter_within_3_seconds_keeping_zoom_and_charts(page, live_stack):

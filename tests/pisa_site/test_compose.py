@@ -56,9 +56,10 @@ def test_app_commands_exist_in_the_project(service):
 
             assert set(queues) == {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     elif program == "gunicorn":
-        module, attribute = command[1].split(".wsgi")[0], "application"
-        wsgi = __import__(f"{module}.wsgi", fromlist=[attribute])
-        assert callable(getattr(wsgi, attribute))
+        interface = "asgi" if command[1].endswith(".asgi") else "wsgi"
+        assert (interface == "asgi") == ("asgi" in command), f"{service}: the ASGI app needs --worker-class asgi"
+        module = __import__(command[1], fromlist=["application"])
+        assert callable(module.application)
     else:
         pytest.fail(f"{service}: unexpected program {program}")
 

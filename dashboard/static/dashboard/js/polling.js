@@ -92,5 +92,7 @@ export async function tick() {
     state.failingSince = state.failingSince || Date.now();
   }
   renderStatus();
-  setTimeout(tick, Math.max(0, CONFIG.pollSeconds * 1000 - (Date.now() - started)));
+  // With the change stream up (js/stream.js) the metrics come when they change: this poll is only a safety net.
+  const period = state.streaming ? CONFIG.streamingPollSeconds : CONFIG.pollSeconds;
+  setTimeout(tick, Math.max(0, period * 1000 - (Date.now() - started)));
 }

@@ -1,6 +1,7 @@
 // The country selector: chips, the searchable list, the URL.
 import { $, MAX_CHIPS, countryName, state, writeUrl } from "./state.js";
 import { pollMetrics } from "./polling.js";
+import { reopenStream } from "./stream.js";
 import { renderMetrics } from "./charts.js";
 import { loadDistribution } from "./explorer.js";
 
@@ -16,6 +17,7 @@ export function setSelection(codes) {
   renderSelector();
   if (state.metrics) renderMetrics(); // immediate feedback with what we have; the next poll fetches the rest
   if (state.variable) loadDistribution(state.variable);
+  reopenStream();
   pollMetrics().catch(() => {
     state.failingSince = state.failingSince || Date.now();
   });

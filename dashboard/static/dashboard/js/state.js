@@ -36,6 +36,8 @@ export const state = {
   lastContactAt: null, // last answer from the API (200 or 304)
   lastChangeAt: null, // last time the metrics changed
   failingSince: null,
+  streaming: false, // the change stream is up (js/stream.js)
+  streamError: null,
   apiError: null,
   showAllChips: false,
   worldFeatures: null,

@@ -66,7 +66,8 @@ export function renderStatus() {
   $("updated-ago").textContent =
     ago === null
       ? "Connecting…"
-      : `Updated ${ago} s ago${state.lastChangeAt ? ` · data changed ${secondsAgo(state.lastChangeAt)} s ago` : ""}`;
+      : `${state.streaming ? "Updated live: changes are pushed" : `Updated ${ago} s ago`}` +
+        `${state.lastChangeAt ? ` · data changed ${secondsAgo(state.lastChangeAt)} s ago` : ""}`;
   dot.className = `live-dot ${unreachable ? "down" : state.lastContactAt ? "ok" : ""}`;
   let message = null;
   let kind = "";
