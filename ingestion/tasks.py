@@ -37,6 +37,32 @@ def _fresh_source_connections(**kwargs):
     extract.dispose_engines()
 
 
+SYNC_QUEUED, SYNC_WAITING, SYNC_RUNNING, SYNC_BACKING_OFF, SYNC_NOT_DUE = (
+    "queued", "already queued", "running", "backing off", "not due")
+
+
+def sync_request(source: Source, *, now=None, respect_interval: bool = True) -> str:
+    """Queue one sync of `source` unless it is backing off, running, or already has one waiting; with
+    `respect_interval`, also unless it was queued less than its poll_interval_seconds ago (the fan-out's pace; the
+    source watcher, which has seen a new row, does not wait for it). Returns what happened (SYNC_*)."""
+    now = now or timezone.now()
+    state = getattr(source, "state", None)
+    if state is not None and state.retry_at and state.retry_at > now:
+        return SYNC_BACKING_OFF
+    name = f"source:{source.pk}"
+    if is_locked(name):
+        return SYNC_RUNNING
+    if respect_interval and not claim_interval(name, seconds=source.poll_interval_seconds):
+        return SYNC_NOT_DUE
+    # At most one waiting message per source: when the workers fall behind, the queue stays one round of the
+    # sources long (each sync reads everything new anyway), instead of piling up a message a second per source
+    # and making every row wait for the whole backlog.
+    if not mark_queued(name, seconds=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)):
+        return SYNC_WAITING
+    sync_source.apply_async(args=[source.pk], kwargs={"code": source.code, "queued_at": time.time()})
+    return SYNC_QUEUED
+
+
 @shared_task(name="ingestion.fan_out", ignore_result=True, soft_time_limit=10, time_limit=15)
 def fan_out() -> int:
     """Run by beat every second: queue one sync per enabled source that is due, not running and not backing off."""
@@ -47,21 +73,7 @@ def fan_out() -> int:
     sources = (Source.objects.filter(enabled=True).select_related("state")
                .order_by(F("state__last_success_at").asc(nulls_first=True), "code"))
     for source in sources:
-        state = getattr(source, "state", None)
-        if state is not None and state.retry_at and state.retry_at > now:
-            continue
-        name = f"source:{source.pk}"
-        if is_locked(name):
-            continue
-        if not claim_interval(name, seconds=source.poll_interval_seconds):
-            continue
-        # At most one waiting message per source: when the workers fall behind, the queue stays one round of the
-        # sources long (each sync reads everything new anyway), instead of piling up a message a second per source
-        # and making every row wait for the whole backlog.
-        if not mark_queued(name, seconds=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)):
-            continue
-        sync_source.apply_async(args=[source.pk], kwargs={"code": source.code, "queued_at": time.time()})
-        queued += 1
+        queued += sync_request(source, now=now) == SYNC_QUEUED
     return queued
 
 

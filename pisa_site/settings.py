@@ -320,6 +320,9 @@ INGEST_RECONCILE_MAX_SECONDS = env_int("INGEST_RECONCILE_MAX_SECONDS", 3600)
 INGEST_SYNC_LOCK_SECONDS = env_int("INGEST_SYNC_LOCK_SECONDS", 30)
 # How long one sync may keep loading a backlog before it leaves the rest to the next (ingestion/tasks.py).
 INGEST_SYNC_BUDGET_SECONDS = float(os.environ.get("INGEST_SYNC_BUDGET_SECONDS", "10"))
+# How often the source watcher (ingestion/watch.py, `manage.py watch_sources`) looks at each source's largest id: a
+# new row's sync starts about this soon instead of at the next fan-out tick. One index probe per source each time.
+WATCH_PROBE_SECONDS = float(os.environ.get("WATCH_PROBE_SECONDS", "0.05"))
 # How old each web process's rendering of GET /api/v1/sources/ may be (ingestion/apis.py): every dashboard polls it.
 INGEST_STATUS_CACHE_SECONDS = float(os.environ.get("INGEST_STATUS_CACHE_SECONDS", "0.5"))
 METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)

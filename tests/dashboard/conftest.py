@@ -130,7 +130,7 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
         # The Procfile's processes as `make run` starts them, less Flower, which the page does not use.
         process = subprocess.Popen(
             [f"{bin_dir}/honcho", "start", "--port", str(port), "web", "stream", "ingest", "metrics", "analysis",
-             "beat"],
+             "watch", "beat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = LiveStack(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, sources=sources,
                       cnt_variable_id=cnt_variable_id)
