@@ -34,6 +34,7 @@ UNPROBED = object()
 @dataclass
 class WatchedSource:
     source: Source
+    reader: SourceReader | None = None  # made at the first probe, kept while the source's URL stays the same
     largest_id: object = UNPROBED  # None once probed: an empty table
     paused_until: float = 0.0
     syncs_started: int = 0
@@ -41,9 +42,13 @@ class WatchedSource:
     failures: list[str] = field(default_factory=list)
 
 
-def largest_id(source: Source):
+def _where(source: Source) -> tuple:
+    """What a probe reads: a source edited here gets a new reader."""
+    return source.url, source.table_name, source.cursor_columns
+
+
+def largest_id(reader: SourceReader):
     """The source table's largest id (the engine and the table's reflection are cached per process)."""
-    reader = SourceReader(source, [])
     statement = sa.select(sa.func.max(reader.id_column)).select_from(reader.table)
     with reader.engine.connect() as connection:
         return connection.execute(statement).scalar()
@@ -58,7 +63,9 @@ def source_probe(watched: WatchedSource, *, request_sync) -> str | None:
     if now < watched.paused_until:
         return None
     try:
-        newest = largest_id(watched.source)
+        if watched.reader is None:
+            watched.reader = SourceReader(watched.source, [])
+        newest = largest_id(watched.reader)
     except (SourceUnavailable, sa.exc.SQLAlchemyError) as exc:
         message = str(exc) if isinstance(exc, SourceUnavailable) else source_error_text(exc, watched.source.url)
         if not watched.failures or watched.failures[-1] != message:
@@ -95,7 +102,7 @@ def sources_watch(*, probe_seconds: float | None = None, until=None, on_round=No
         started = time.monotonic()
         if started - loaded_at >= SOURCES_RELOAD_SECONDS:
             current = {source.pk: source for source in Source.objects.filter(enabled=True).select_related("state")}
-            watched = {pk: watched[pk] if pk in watched and watched[pk].source.url == source.url
+            watched = {pk: watched[pk] if pk in watched and _where(watched[pk].source) == _where(source)
                        else WatchedSource(source) for pk, source in current.items()}
             for pk, entry in watched.items():
                 entry.source = current[pk]  # its state (retry_at) as of now

@@ -217,6 +217,20 @@ def celery_worker_process(transactional_db):
 
 
 @pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own (the embedded one of a PISA_HOME under tmp_path), so that a test can stop and
+    restart it without disturbing the rest of the suite."""
+    from pisa_site.embedded import EmbeddedRedis
+
+    home = tmp_path / "pisa-home"
+    home.mkdir()
+    server = EmbeddedRedis(home)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def source_db(transactional_db, tmp_path):
     """Create real source databases: `alb = source_db("ALB")`, `source_db("ARG", style="text")`."""
     created: list = []

@@ -92,6 +92,17 @@ def test_without_the_stream_the_page_polls_every_second_and_revalidates_with_eta
     assert statuses[0] == 200 and statuses.count(304) >= 3, statuses
 
 
+def seconds_until_the_counter_shows(page, live_stack, code: str, n: int) -> float:
+    """Insert n students in a source; the seconds until the page's counter shows them."""
+    before = int(page.locator("#submissions-count").get_attribute("data-value"))
+    inserted_at = time.monotonic()
+    live_stack.sources[code].insert_students(n)
+    # Checked on every animation frame, and waited for past the limit so that a failure says how long it took.
+    page.wait_for_function("(n) => document.getElementById('submissions-count').dataset.value === n",
+                           arg=str(before + n), polling="raf", timeout=UPDATE_GIVE_UP_MS)
+    return time.monotonic() - inserted_at
+
+
 def test_with_the_stream_a_new_row_is_fetched_when_it_is_announced_not_by_polling(page, live_stack):
     metrics_requests: list[float] = []
     page.on("request", lambda request: "/api/v1/metrics/" in request.url and metrics_requests.append(time.monotonic()))
@@ -102,12 +113,7 @@ def test_with_the_stream_a_new_row_is_fetched_when_it_is_announced_not_by_pollin
     page.wait_for_timeout(4000)
     # The poll is a safety net every 5 s while the stream is up: at most one in a quiet 4 s.
     assert len([t for t in metrics_requests if t >= quiet_since]) <= 1, metrics_requests
-    before = int(page.locator("#submissions-count").get_attribute("data-value"))
-    inserted_at = time.monotonic()
-    live_stack.sources["ARG"].insert_students(3)
-    page.wait_for_function("(n) => document.getElementById('submissions-count').dataset.value === n",
-                           arg=str(before + 3), polling="raf", timeout=UPDATE_GIVE_UP_MS)
-    seconds = time.monotonic() - inserted_at
+    seconds = seconds_until_the_counter_shows(page, live_stack, "ARG", 3)
     assert seconds <= LIVE_UPDATE_SECONDS, f"the counter showed the new rows after {seconds:.2f} s"
 
 
@@ -119,13 +125,7 @@ def test_inserting_rows_raises_the_counter_within_3_seconds_keeping_zoom_and_cha
         Plotly.relayout('chart-scores', {'xaxis.range': [300, 650]});
         document.querySelector('#chart-scores .main-svg').dataset.sameNode = 'yes';
     }""")
-    before = int(page.locator("#submissions-count").get_attribute("data-value"))
-    inserted_at = time.monotonic()
-    live_stack.sources["ALB"].insert_students(5)
-    # Checked on every animation frame, and waited for past the limit so that a failure says how long it took.
-    page.wait_for_function("(n) => document.getElementById('submissions-count').dataset.value === n",
-                           arg=str(before + 5), polling="raf", timeout=UPDATE_GIVE_UP_MS)
-    seconds = time.monotonic() - inserted_at
+    seconds = seconds_until_the_counter_shows(page, live_stack, "ALB", 5)
     assert seconds <= LIVE_UPDATE_SECONDS, f"the counter showed the new rows after {seconds:.2f} s"
     assert page.evaluate("document.getElementById('chart-scores').layout.xaxis.range") == [300, 650]
     assert page.evaluate("document.querySelector('#chart-scores .main-svg').dataset.sameNode") == "yes"

@@ -21,7 +21,6 @@ from ingestion.models import QuarantinedRow, Source, SourceState, Student
 from operations.verification import sources_to_verify, verify_sources
 from metrics.services import countries_with_data, country_metrics_rebuild
 from pisa_site.celery import STACK_DUMP_SIGNAL
-from pisa_site.embedded import EmbeddedRedis
 from operations.chaos import QUICK, ChaosRun, Stack, poll_until
 from simulator.models import Injection
 from simulator.services import source_provision
@@ -36,18 +35,6 @@ STARTUP_TIMEOUT = 120
 CHAOS_TIMEOUT = 600
 STEPS = ("kill-worker", "restart-redis", "source-outage", "empty-source", "bad-rows", "late-transaction",
          "update-delete", "late-insert-delete", "delete-newest", "settle", "verify", "metrics-verify")
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    """The stack's Redis (broker, locks, cache): a redis-server of this test's own, the embedded one of a PISA_HOME
-    under tmp_path, so that the scenario can restart it without disturbing the rest of the suite."""
-    home = tmp_path / "pisa-home"
-    home.mkdir()
-    redis = EmbeddedRedis(home)
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 def _stop(process: subprocess.Popen) -> None:

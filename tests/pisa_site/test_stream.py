@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pisa_site import stream
-from pisa_site.embedded import EmbeddedRedis, free_port
+from pisa_site.embedded import free_port
 from tests.conftest import ROOT, subprocess_env, wait_until
 
 STARTUP_SECONDS = 30
@@ -23,8 +23,9 @@ EVENT_SECONDS = 5
 
 
 class StreamServer:
-    def __init__(self, redis_url: str, log_path):
+    def __init__(self, redis_url: str, log_path, **environment: str):
         self.port, self.redis_url, self.log_path = free_port(), redis_url, log_path
+        self.environment = environment
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -33,7 +34,7 @@ class StreamServer:
             self.process = subprocess.Popen(
                 [f"{bin_dir}/gunicorn", "pisa_site.asgi", "--worker-class", "asgi", "--bind",
                  f"127.0.0.1:{self.port}", "--workers", "1", "--graceful-timeout", "1", "--log-level", "warning"],
-                cwd=ROOT, env=subprocess_env(REDIS_URL=self.redis_url, DEBUG="1"), stdout=log,
+                cwd=ROOT, env=subprocess_env(REDIS_URL=self.redis_url, DEBUG="1", **self.environment), stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         assert wait_until(self._answers, timeout=STARTUP_SECONDS), self.log()
 
@@ -93,22 +94,11 @@ def announce(redis_url: str, country: str) -> None:
 
 
 @pytest.fixture
-def own_redis(tmp_path):
-    """A Redis of this test's own, so that it can be restarted without disturbing the rest of the suite."""
-    home = tmp_path / "pisa-home"
-    home.mkdir()
-    server = EmbeddedRedis(home)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def server_on(tmp_path, transactional_db):
     servers = []
 
-    def start(redis_url: str) -> StreamServer:
-        server = StreamServer(redis_url, tmp_path / f"stream-{len(servers)}.log")
+    def start(redis_url: str, **environment: str) -> StreamServer:
+        server = StreamServer(redis_url, tmp_path / f"stream-{len(servers)}.log", **environment)
         servers.append(server)
         server.start()
         return server
@@ -195,27 +185,15 @@ def test_after_redis_restarts_each_viewer_is_told_to_resync_then_hears_changes_a
     assert viewer.next_event() == ("metrics", {"countries": ["ALB"]})
 
 
-def test_a_process_beyond_its_most_viewers_answers_503_with_retry_after(server_on, own_redis, tmp_path):
-    server = StreamServer(own_redis.url(0), tmp_path / "small.log")
-    server.process = None
-    bin_dir = os.path.dirname(sys.executable)
-    with open(server.log_path, "ab") as log:
-        server.process = subprocess.Popen(
-            [f"{bin_dir}/gunicorn", "pisa_site.asgi", "--worker-class", "asgi", "--bind", f"127.0.0.1:{server.port}",
-             "--workers", "1", "--graceful-timeout", "1", "--log-level", "warning"],
-            cwd=ROOT, env=subprocess_env(REDIS_URL=own_redis.url(0), DEBUG="1", STREAM_MAX_VIEWERS="2"),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        assert wait_until(server._answers, timeout=STARTUP_SECONDS), server.log()
-        first, second = server.open(), server.open()
-        assert first.next_event()[0] == second.next_event()[0] == "ready"
-        third = server.open()
-        assert third.response.status == 503
-        assert int(third.response.getheader("Retry-After")) > 0
-        first.close()
-        assert wait_until(lambda: server.open().response.status == 200, timeout=EVENT_SECONDS)
-    finally:
-        server.stop()
+def test_a_process_beyond_its_most_viewers_answers_503_with_retry_after(server_on, own_redis):
+    server = server_on(own_redis.url(0), STREAM_MAX_VIEWERS="2")
+    first, second = server.open(), server.open()
+    assert first.next_event()[0] == second.next_event()[0] == "ready"
+    third = server.open()
+    assert third.response.status == 503
+    assert int(third.response.getheader("Retry-After")) > 0
+    first.close()
+    assert wait_until(lambda: server.open().response.status == 200, timeout=EVENT_SECONDS)
 
 
 def test_a_redis_that_does_not_answer_gets_a_503_not_a_silent_stream(server_on):
