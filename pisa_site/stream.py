@@ -1,6 +1,6 @@
 """Push: a server-sent-events stream that tells a dashboard, within milliseconds, that a document it shows changed.
 
-    publisher (metrics refresh) --PUBLISH pisa:changes--> Redis --one subscription per web process--> ChangeHub
+    publisher (metrics refresh) --PUBLISH pisa:changes:<db>--> Redis --one subscription per web process--> ChangeHub
         --> every Viewer of that process whose countries include the change --> `event: metrics` on its stream
 
 A publisher announces a change with `change_announce` in the same Redis pipeline as the change itself, so a viewer
@@ -32,7 +32,9 @@ from pisa_site.cache import redis_client
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "pisa:changes"
+# Pub/sub ignores Redis database numbers: the channel carries the number, so that deployments (or test runs) sharing
+# one Redis server on different databases do not hear each other's changes.
+CHANNEL = "pisa:changes:{db}"
 # An event every HEARTBEAT_SECONDS on a quiet stream: a browser cannot see SSE comments, and the dashboard counts
 # the stream alive while events arrive (~20 bytes each).
 HEARTBEAT_SECONDS = 5.0
@@ -44,7 +46,9 @@ METRICS, RESYNC, HEARTBEAT = "metrics", "resync", "heartbeat"
 
 def change_announce(*, topic: str, country: str | None = None, pipe=None) -> None:
     """Tell every stream that `topic` (of `country`) changed; in `pipe`, it goes out with the change."""
-    (pipe if pipe is not None else redis_client()).publish(CHANNEL, json.dumps({"topic": topic, "country": country}))
+    client = pipe if pipe is not None else redis_client()
+    channel = CHANNEL.format(db=client.connection_pool.connection_kwargs.get("db", 0))
+    client.publish(channel, json.dumps({"topic": topic, "country": country}))
 
 
 class Viewer:
@@ -73,10 +77,11 @@ class Viewer:
 
 
 class ChangeHub:
-    """The process's one subscription to CHANNEL and the viewers it feeds (one hub per event loop)."""
+    """The process's one subscription to its database's CHANNEL and the viewers it feeds (one hub per event loop)."""
 
     def __init__(self, url: str):
         self.url = url
+        self.channel = CHANNEL.format(db=redis.connection.parse_url(url).get("db", 0))
         self.viewers: set[Viewer] = set()
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task | None = None
@@ -108,7 +113,7 @@ class ChangeHub:
         try:
             change = json.loads(message)
         except ValueError:
-            logger.warning("stream: a message on %s that is not JSON: %r", CHANNEL, message[:100])
+            logger.warning("stream: a message on %s that is not JSON: %r", self.channel, message[:100])
             return
         if change.get("topic") == METRICS and change.get("country"):
             for viewer in self.viewers:
@@ -120,7 +125,7 @@ class ChangeHub:
             client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, health_check_interval=10)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 self._subscribed.set()
                 delay = RECONNECT_SECONDS[0]
                 if heard_before:  # changes published while the subscription was down were not heard

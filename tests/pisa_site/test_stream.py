@@ -202,3 +202,13 @@ def test_a_redis_that_does_not_answer_gets_a_503_not_a_silent_stream(server_on):
     viewer = server.open()
     assert viewer.response.status == 503
     assert "poll" in json.loads(viewer.response.read())["error"]
+
+
+def test_a_change_in_another_redis_database_on_the_same_server_is_not_heard(server_on, own_redis):
+    """Pub/sub ignores database numbers: two deployments sharing a Redis server must not hear each other."""
+    server = server_on(own_redis.url(0))
+    viewer = server.open()
+    assert viewer.next_event()[0] == "ready"
+    announce(own_redis.url(1), "ARG")  # another deployment's change
+    announce(own_redis.url(0), "ALB")
+    assert viewer.next_event() == ("metrics", {"countries": ["ALB"]})
