@@ -6,7 +6,7 @@ simulator, and an observer of freshness.
         stack.wait_until_settled()                              # seed rows in the warehouse and in the API
         figures = stack.freshness(sources, rate=200, seconds=60, seed=8)
 
-`Stack` starts web, ingest, metrics and beat with the Procfile's own command lines, so its environment variables
+`Stack` starts web, stream, ingest, metrics, watch and beat with the Procfile's own command lines, so its environment variables
 (WEB_WORKERS, WEB_THREADS, INGEST_CONCURRENCY, METRICS_CONCURRENCY...) apply as in `make run`. Every process runs in
 a session of its own: a Ctrl-C (or SIGTERM) reaches the benchmark alone, which stops every process it started, whole
 process groups included, on its way out. Their output goes to bench/<name>.log.
@@ -33,7 +33,7 @@ from bench.common import ROOT, percentile
 COUNTRIES = "ALB ARG AUS AUT BEL BGR BIH BLR BRA BRN CAN CHE CHL COL CRI CZE DEU DNK DOM ESP".split()
 PROCFILE = ROOT / "Procfile"
 # Flower only watches, and each benchmark runs the simulator itself with arguments of its own.
-STACK_PROCESSES = ("web", "ingest", "metrics", "beat")
+STACK_PROCESSES = ("web", "stream", "ingest", "metrics", "watch", "beat")
 # A Celery worker's warm shutdown waits for its running task (up to the 60 s soft limit of a sync): not that long.
 STOP_TIMEOUT_SECONDS = 20
 STARTUP_TIMEOUT_SECONDS = 60
@@ -188,7 +188,7 @@ class SourceDatabases:
 
 
 class Stack(Processes):
-    """The Procfile's web, ingest, metrics and beat on the bench warehouse; `environment` overrides its variables."""
+    """The Procfile's web, stream, ingest, metrics, watch and beat on the bench warehouse; `environment` overrides its variables."""
 
     def __init__(self, name: str, *, environment: dict[str, str] | None = None) -> None:
         super().__init__(ROOT / "bench" / f"{name}.log")
@@ -201,8 +201,11 @@ class Stack(Processes):
             from pisa_site.embedded import free_port
 
             self.port = free_port()
+            self.stream_port = free_port()
+            while self.stream_port == self.port:
+                self.stream_port = free_port()
             self.api_url = f"http://127.0.0.1:{self.port}"
-            self.env = child_environment(PORT=str(self.port), **self.overrides)
+            self.env = child_environment(PORT=str(self.port), STREAM_PORT=str(self.stream_port), **self.overrides)
             commands = procfile_commands()
             for name in STACK_PROCESSES:
                 command = commands[name]

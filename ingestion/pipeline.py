@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -84,6 +85,16 @@ class SyncResult:
         self.quarantined += load.quarantined
         self.duplicates += load.duplicates
         self.batches += 1
+
+    def followed_by(self, later: SyncResult) -> SyncResult:
+        """This sync and the one that ran right after it (same source, same lock), as one: counts added up, the
+        later one's outcome (error, truncation, pending ids)."""
+        return dataclasses.replace(
+            later, loaded=self.loaded + later.loaded, removed=self.removed + later.removed,
+            quarantined=self.quarantined + later.quarantined, duplicates=self.duplicates + later.duplicates,
+            batches=self.batches + later.batches, reset=self.reset or later.reset,
+            reconciled=self.reconciled or later.reconciled, seconds=self.seconds + later.seconds,
+            changed_countries=self.changed_countries | later.changed_countries)
 
 
 Progress = Callable[[int], None]

@@ -114,5 +114,6 @@ def url_with_kept_password(new_url: str, stored_url: str) -> str:
 
 def with_installed_driver(url):
     """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project installs psycopg2 (whose COPY it uses).
-    `url`: a sqlalchemy URL; returns one."""
-    return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
+    `url`: a sqlalchemy URL; returns one. The `postgres://` spelling (Heroku's, and accepted in DATABASE_URL) is
+    the same driver: SQLAlchemy has no dialect of that name."""
+    return url.set(drivername="postgresql+psycopg2") if url.drivername in ("postgresql", "postgres") else url

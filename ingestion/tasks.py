@@ -12,9 +12,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from ingestion import extract
-from pisa_site.locks import claim_interval, clear_queued, held_by, is_locked, mark_queued, redis_lock
 from ingestion.models import Source
 from ingestion.pipeline import source_sync
+from pisa_site.locks import (
+    claim_interval, clear_queued, follow_up_ask, follow_up_take, held_by, is_locked, mark_queued, redis_lock)
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +38,38 @@ def _fresh_source_connections(**kwargs):
     extract.dispose_engines()
 
 
-SYNC_QUEUED, SYNC_WAITING, SYNC_RUNNING, SYNC_BACKING_OFF, SYNC_NOT_DUE = (
-    "queued", "already queued", "running", "backing off", "not due")
+SYNC_QUEUED, SYNC_WAITING, SYNC_RUNNING, SYNC_FOLLOW_UP, SYNC_BACKING_OFF, SYNC_NOT_DUE = (
+    "queued", "already queued", "running", "follow-up asked", "backing off", "not due")
 
 
-def sync_request(source: Source, *, now=None, respect_interval: bool = True) -> str:
-    """Queue one sync of `source` unless it is backing off, running, or already has one waiting; with
-    `respect_interval`, also unless it was queued less than its poll_interval_seconds ago (the fan-out's pace; the
-    source watcher, which has seen a new row, does not wait for it). Returns what happened (SYNC_*)."""
+def sync_request(source: Source, *, now=None, new_rows_seen: bool = False) -> str:
+    """Queue one sync of `source` unless it is backing off, running, or already has one waiting, or was queued less
+    than its poll_interval_seconds ago (the fan-out's pace). `new_rows_seen` (the source watcher saw its largest id
+    grow): no waiting for the interval, and a running sync is asked to follow up with these rows before it lets the
+    source go (SYNC_FOLLOW_UP). Returns what happened (SYNC_*)."""
     now = now or timezone.now()
     state = getattr(source, "state", None)
     if state is not None and state.retry_at and state.retry_at > now:
         return SYNC_BACKING_OFF
     name = f"source:{source.pk}"
     if is_locked(name):
+        if new_rows_seen:
+            follow_up_ask(name, seconds=SYNC_LOCK_SECONDS)
+            return SYNC_FOLLOW_UP
         return SYNC_RUNNING
-    if respect_interval and not claim_interval(name, seconds=source.poll_interval_seconds):
+    if not new_rows_seen and not claim_interval(name, seconds=source.poll_interval_seconds):
         return SYNC_NOT_DUE
-    # At most one waiting message per source: when the workers fall behind, the queue stays one round of the
-    # sources long (each sync reads everything new anyway), instead of piling up a message a second per source
-    # and making every row wait for the whole backlog.
-    if not mark_queued(name, seconds=max(FAN_OUT_EXPIRES_SECONDS, source.poll_interval_seconds * 2)):
-        return SYNC_WAITING
-    sync_source.apply_async(args=[source.pk], kwargs={"code": source.code, "queued_at": time.time()})
-    return SYNC_QUEUED
+    return SYNC_QUEUED if _sync_queue(source.pk, source.code, source.poll_interval_seconds) else SYNC_WAITING
+
+
+def _sync_queue(source_id: int, code: str, poll_interval_seconds: float) -> bool:
+    """Queue a sync unless one is waiting already. At most one waiting message per source: when the workers fall
+    behind, the queue stays one round of the sources long (each sync reads everything new anyway), instead of
+    piling up a message a second per source and making every row wait for the whole backlog."""
+    if not mark_queued(f"source:{source_id}", seconds=max(FAN_OUT_EXPIRES_SECONDS, poll_interval_seconds * 2)):
+        return False
+    sync_source.apply_async(args=[source_id], kwargs={"code": code, "queued_at": time.time()})
+    return True
 
 
 @shared_task(name="ingestion.fan_out", ignore_result=True, soft_time_limit=10, time_limit=15)
@@ -88,10 +97,20 @@ def sync_source(self, source_id: int, code: str = "", queued_at: float | None = 
     # Too old to be worth running, unless it is the redelivery of a sync whose worker died (it holds the lock).
     if queued_at is not None and time.time() - queued_at > FAN_OUT_EXPIRES_SECONDS and not held_by(name, token):
         return {"source": code, "skipped": "stale (the fan-out queues a fresh sync every second)"}
+    started = time.monotonic()
     with redis_lock(name, token=token, ttl_seconds=SYNC_LOCK_SECONDS) as lock:
         if not lock.acquired:
             return {"source": code, "skipped": "already running"}
         result = source_sync(source_id=source_id, heartbeat=lock.extend, budget_seconds=SYNC_BUDGET_SECONDS)
+        # Rows the watcher saw committed meanwhile are read at once, by the worker that holds the source, instead
+        # of going back through the queue (behind the other sources' syncs): a busy source is read back to back.
+        while (not result.error and not result.truncated and time.monotonic() - started < SYNC_BUDGET_SECONDS
+               and follow_up_take(name)):
+            result = result.followed_by(source_sync(source_id=source_id, heartbeat=lock.extend,
+                                                    budget_seconds=SYNC_BUDGET_SECONDS))
+    if follow_up_take(name):  # asked between the last look and the release, or the budget is spent: queue it
+        source = Source.objects.only("poll_interval_seconds").get(pk=source_id)
+        _sync_queue(source_id, code, source.poll_interval_seconds)
     if result.error:
         logger.warning("sync %s failed: %s", code, result.error)
     elif result.loaded or result.removed:

@@ -89,3 +89,13 @@ def mark_queued(name: str, *, seconds: float) -> bool:
 
 def clear_queued(name: str) -> None:
     redis_client().delete(f"pisa:queued:{name}")
+
+
+def follow_up_ask(name: str, *, seconds: float) -> None:
+    """Ask whoever holds `name`'s lock to run once more before letting go (new work arrived while it ran)."""
+    redis_client().set(f"pisa:again:{name}", 1, px=max(1, int(seconds * 1000)))
+
+
+def follow_up_take(name: str) -> bool:
+    """Whether a follow-up was asked for `name`, clearing the request (one DEL: two takers never both see it)."""
+    return bool(redis_client().delete(f"pisa:again:{name}"))

@@ -29,6 +29,15 @@ def test_first_run_loads_every_row_and_later_runs_only_the_new_ones(source_db):
     assert source_sync(source_id=alb.source.pk).loaded == 0
 
 
+def test_a_source_url_spelled_postgres_colon_slash_slash_is_read_like_postgresql(source_db):
+    alb = source_db("ALB")
+    alb.insert_students(2)
+    alb.source.url = alb.url.replace("postgresql+psycopg2://", "postgres://")  # Heroku's spelling, DATABASE_URL's too
+    alb.source.save()
+    result = source_sync(source_id=alb.source.pk)
+    assert (result.error, result.loaded) == ("", 2)
+
+
 def test_rows_committed_late_by_a_long_transaction_are_not_missed(source_db):
     alb = source_db("ALB")
     with alb.engine.connect() as long_transaction:

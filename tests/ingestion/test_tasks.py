@@ -162,6 +162,43 @@ def test_the_sync_task_gives_its_sync_a_time_budget(source_db, monkeypatch):
     assert loaded(alb.source) == 10
 
 
+def test_rows_the_watcher_sees_during_a_sync_are_read_by_that_sync_before_it_lets_the_source_go(
+        source_db, monkeypatch):
+    from ingestion import tasks
+
+    alb = source_db("ALB")
+    alb.insert_students(3)
+    answers, calls = [], []
+
+    def sync_while_rows_arrive(**kwargs):
+        calls.append(kwargs["source_id"])
+        if len(calls) == 1:  # as the watcher would, seeing these commit while the first sync runs
+            alb.insert_students(2)
+            answers.append(tasks.sync_request(alb.source, new_rows_seen=True))
+        return source_sync(**kwargs)
+
+    monkeypatch.setattr(tasks, "source_sync", sync_while_rows_arrive)
+    result = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB"}).get()
+    assert answers == [tasks.SYNC_FOLLOW_UP]
+    assert len(calls) == 2 and result["loaded"] == 5 and loaded(alb.source) == 5
+    # Nothing left asked: the next sync is the fan-out's or the watcher's.
+    assert tasks.sync_request(alb.source, new_rows_seen=True) == tasks.SYNC_QUEUED
+
+
+def test_a_follow_up_beyond_the_sync_budget_goes_back_through_the_queue(source_db, monkeypatch):
+    from ingestion import tasks
+    from pisa_site.locks import follow_up_ask
+
+    monkeypatch.setattr(tasks, "SYNC_BUDGET_SECONDS", 0)
+    alb = source_db("ALB")
+    alb.insert_students(3)
+    follow_up_ask(f"source:{alb.source.pk}", seconds=30)
+    result = sync_source.apply(args=[alb.source.pk], kwargs={"code": "ALB"}).get()
+    assert result["loaded"] == 3
+    # Queued rather than run in place: a second request finds one waiting.
+    assert tasks.sync_request(alb.source, new_rows_seen=True) == tasks.SYNC_WAITING
+
+
 def _warehouse_backend_of(worker) -> int | None:
     """The PostgreSQL backend serving the worker's child's warehouse connection, if it has one open."""
     from django.db import connection

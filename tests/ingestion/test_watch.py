@@ -98,3 +98,16 @@ def test_with_the_watcher_and_a_worker_and_no_beat_a_new_row_reaches_the_warehou
     finally:
         stop.set()
         watcher.join(10)
+
+
+def test_probes_share_one_connection_per_source_and_leave_no_transaction_open(source_db):
+    alb = source_db("ALB")
+    watched, requests = WatchedSource(alb.source), Requests()
+    for _ in range(5):
+        source_probe(watched, request_sync=requests)
+    with alb.engine.connect() as connection:
+        sessions = connection.exec_driver_sql(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).scalars().all()
+    assert sessions == ["idle"]  # not "idle in transaction": vacuum on the source is never held back
+    watched.probe.close()

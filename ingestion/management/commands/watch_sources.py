@@ -24,13 +24,21 @@ class Command(BaseCommand):
         self.stdout.write(f"watching the enabled sources every {every * 1000:.0f} ms (Ctrl-C stops)")
         last = [time.monotonic()]
 
-        def status(watched):
+        rounds = []
+
+        def status(watched, seconds):
+            rounds.append(seconds)
             if time.monotonic() - last[0] >= STATUS_EVERY_SECONDS:
                 last[0] = time.monotonic()
                 failing = sorted(entry.source.code for entry in watched.values() if entry.failures)
                 started = sum(entry.syncs_started for entry in watched.values())
-                self.stdout.write(f"{len(watched)} sources watched, {started} syncs started by a new row so far"
+                # A round longer than the probe period means the probes themselves fall behind (a slow source).
+                rounds.sort()
+                self.stdout.write(f"{len(watched)} sources watched, {started} syncs started by a new row so far; "
+                                  f"a round of probes took {rounds[len(rounds) // 2] * 1000:.0f} ms (median), "
+                                  f"{rounds[-1] * 1000:.0f} ms at most"
                                   + (f"; cannot probe: {', '.join(failing)}" if failing else ""))
+                rounds.clear()
 
         try:
             sources_watch(probe_seconds=probe_seconds, on_round=status)
