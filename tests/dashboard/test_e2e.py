@@ -92,6 +92,31 @@ def test_without_the_stream_the_page_polls_every_second_and_revalidates_with_eta
     assert statuses[0] == 200 and statuses.count(304) >= 3, statuses
 
 
+def test_an_overloaded_server_s_503_is_waited_out_as_its_retry_after_says(page, live_stack):
+    """The web tier sheds load with 503 + Retry-After (pisa_site/shedding.py): the page says so and stays quiet."""
+    page.route("**/api/v1/stream/**", lambda route: route.abort())  # polling: every request would be a poll
+    open_dashboard(page, live_stack)
+    asked: list[float] = []
+    busy = {"on": True}
+
+    def overloaded(route):
+        asked.append(time.monotonic())
+        if busy["on"]:
+            route.fulfill(status=503, headers={"Retry-After": "3", "Content-Type": "application/json"},
+                          body='{"error": "the server is too busy to answer now"}')
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/metrics/**", overloaded)
+    expect(page.locator("#banner")).to_contain_text("very busy", timeout=5000)
+    page.wait_for_timeout(2500)
+    assert len(asked) == 1, asked  # one 503, then silence: no poll a second meanwhile
+    busy["on"] = False
+    expect(page.locator("#banner")).to_be_hidden(timeout=8000)
+    assert asked[1] - asked[0] >= 2.9  # asked again once Retry-After was over, and served
+    page.unroute("**/api/v1/metrics/**")
+
+
 def seconds_until_the_counter_shows(page, live_stack, code: str, n: int) -> float:
     """Insert n students in a source; the seconds until the page's counter shows them."""
     before = int(page.locator("#submissions-count").get_attribute("data-value"))

@@ -12,6 +12,11 @@ export async function getJson(url, etag, timeoutMs = REQUEST_TIMEOUT_MS) {
     const headers = etag ? { "If-None-Match": etag } : {};
     const response = await fetch(url, { headers, signal: controller.signal, cache: "no-cache" });
     if (response.status === 304) return { status: 304, etag };
+    if (response.status === 503 && response.headers.get("Retry-After")) {
+      // Overloaded (or the metrics not ready): wait as told before asking this server anything again.
+      const seconds = Number(response.headers.get("Retry-After"));
+      if (seconds > 0) state.busyUntil = Math.max(state.busyUntil, Date.now() + seconds * 1000);
+    }
     const body = await response.json().catch(() => null);
     return { status: response.status, etag: response.headers.get("ETag"), body };
   } finally {
@@ -71,6 +76,11 @@ export let sourcesInFlight = null;
  * sources panel is polled alongside but never delays the metrics; a slow sources answer is not asked for twice. */
 export async function tick() {
   const started = Date.now();
+  if (started < state.busyUntil) {
+    renderStatus();
+    setTimeout(tick, state.busyUntil - started);
+    return;
+  }
   if (!sourcesInFlight) {
     sourcesInFlight = pollSources()
       .then(

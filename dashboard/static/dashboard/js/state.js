@@ -36,6 +36,7 @@ export const state = {
   lastContactAt: null, // last answer from the API (200 or 304)
   lastChangeAt: null, // last time the metrics changed
   failingSince: null,
+  busyUntil: 0, // a 503 with Retry-After: no request before then (epoch ms)
   streaming: false, // the change stream is up (js/stream.js)
   streamError: null,
   apiError: null,

@@ -71,7 +71,13 @@ export function renderStatus() {
   dot.className = `live-dot ${unreachable ? "down" : state.lastContactAt ? "ok" : ""}`;
   let message = null;
   let kind = "";
-  if (unreachable) {
+  const busyFor = Math.ceil((state.busyUntil - Date.now()) / 1000);
+  if (busyFor > 0) {
+    kind = "stale";
+    message =
+      `The PISA Live server is very busy; asking again in ${busyFor} s. The figures below are the last received` +
+      `${ago === null ? "" : `, ${ago} s ago`}.`;
+  } else if (unreachable) {
     const since = new Date(state.failingSince).toLocaleTimeString();
     message =
       `The PISA Live API cannot be reached (since ${since}). The figures below are the last received` +

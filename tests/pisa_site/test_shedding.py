@@ -1,0 +1,146 @@
+"""Overload: a request that waited too long for a web thread is answered 503 with Retry-After at once, instead of
+making every viewer time out; the health check and the admin never are (pisa_site/shedding.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections import Counter
+
+import pytest
+from django.test import override_settings
+
+from pisa_site import shedding
+from pisa_site.embedded import free_port
+from tests.conftest import ROOT, subprocess_env, wait_until
+
+STARTUP_SECONDS = 30
+
+
+class Answers:
+    """A WSGI application standing in for Django, recording what reached it."""
+
+    def __init__(self):
+        self.paths = []
+
+    def __call__(self, environ, start_response):
+        self.paths.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"served"]
+
+
+def call(application, path: str, *, waited: float, origin: str | None = None):
+    shedding._waits.seconds = waited
+    captured = {}
+
+    def start_response(status, headers):
+        captured["status"], captured["headers"] = status, dict(headers)
+
+    body = b"".join(application({"PATH_INFO": path, **({"HTTP_ORIGIN": origin} if origin else {})},
+                                start_response))
+    return captured["status"], captured["headers"], body
+
+
+@override_settings(WEB_SHED_QUEUE_MS=500, WEB_RETRY_AFTER_SECONDS=5, CORS_ALLOWED_ORIGINS=["https://forage.example"])
+def test_a_request_that_waited_past_the_limit_gets_a_503_with_a_jittered_retry_after_and_never_reaches_django():
+    django = Answers()
+    application = shedding.shed_when_queued_too_long(django)
+    assert call(application, "/api/v1/metrics/", waited=0.2)[0] == "200 OK"
+    retry_afters = set()
+    for _ in range(50):
+        status, headers, body = call(application, "/api/v1/metrics/", waited=0.6)
+        assert status.startswith("503")
+        assert headers["Cache-Control"] == "no-store" and "Access-Control-Allow-Origin" not in headers
+        assert "busy" in json.loads(body)["error"]
+        retry_afters.add(int(headers["Retry-After"]))
+    assert retry_afters <= set(range(5, 11)) and len(retry_afters) > 1  # spread: viewers do not return together
+    assert django.paths == ["/api/v1/metrics/"]
+    _, headers, _ = call(application, "/api/v1/metrics/", waited=0.6, origin="https://forage.example")
+    assert headers["Access-Control-Allow-Origin"] == "https://forage.example"  # the cross-origin page reads it
+    _, headers, _ = call(application, "/api/v1/metrics/", waited=0.6, origin="https://elsewhere.example")
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+@override_settings(WEB_SHED_QUEUE_MS=500)
+def test_health_and_admin_are_never_shed():
+    django = Answers()
+    application = shedding.shed_when_queued_too_long(django)
+    for path in ("/api/v1/health/", "/admin/codebook/variable/"):
+        assert call(application, path, waited=30.0)[0] == "200 OK"
+    assert len(django.paths) == 2
+
+
+@override_settings(WEB_SHED_QUEUE_MS=0)
+def test_a_limit_of_zero_never_sheds():
+    django = Answers()
+    assert call(shedding.shed_when_queued_too_long(django), "/api/v1/metrics/", waited=30.0)[0] == "200 OK"
+
+
+def procfile_web_command() -> list[str]:
+    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    return shlex.split(line.partition(":")[2].replace("$PORT", "{port}").replace("${WEB_WORKERS:-2}", "1")
+                       .replace("${WEB_THREADS:-8}", "1"))
+
+
+def get(port: int, path: str) -> tuple[int, str | None, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Retry-After"), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_procfiles_web_server_sheds_a_flood_quickly_and_keeps_answering_health(tmp_path):
+    port = free_port()
+    command = [part.format(port=port) for part in procfile_web_command()]
+    assert "pisa_site.shedding.SheddingThreadWorker" in command
+    bin_dir = os.path.dirname(os.sys.executable)
+    log_path = tmp_path / "web.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([f"{bin_dir}/{command[0]}", *command[1:]], cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=subprocess_env(DEBUG="1", WEB_SHED_QUEUE_MS="20", WEB_RETRY_AFTER_SECONDS="3",
+                                                     PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    try:
+        assert wait_until(lambda: _answers(port), timeout=STARTUP_SECONDS), log_path.read_text()[-2000:]
+        # One thread, and 300 requests at once (each a Django 404: no database involved) plus 20 health checks.
+        outcomes, retry_afters, health_bodies = Counter(), set(), []
+
+        def flood():
+            status, retry_after, _ = get(port, "/api/v1/no-such-url/")
+            outcomes[status] += 1
+            if retry_after:
+                retry_afters.add(int(retry_after))
+
+        def check_health():
+            health_bodies.append(get(port, "/api/v1/health/")[2])
+
+        threads = [threading.Thread(target=flood) for _ in range(300)]
+        threads[150:150] = [threading.Thread(target=check_health) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert set(outcomes) <= {404, 503} and outcomes[503] > 0 and outcomes[404] > 0, outcomes
+        assert retry_afters <= {3, 4, 5, 6}
+        # Every health check answered by the health view itself, however long it waited.
+        assert len(health_bodies) == 20 and all(b"busy" not in body and b"status" in body for body in health_bodies)
+        assert "overloaded:" in log_path.read_text()  # the operator is told
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port, "/api/v1/health/")[0] in (200, 503)
+    except OSError:
+        return False
