@@ -1,28 +1,33 @@
-"""500 dashboards: the API's latency, error rate and request rate with 500 dashboards polling it every second while the
-simulator adds 200 rows/s over 20 sources, and freshness meanwhile next to freshness without them, in the same run.
+"""Results day on one machine: thousands of live viewers, the web tier's latency and errors, next to a constant view
+of the same size in the same run; then a flood of ten times as many, shed with fast 503s.
 
-    .venv/bin/python -m bench.load [--quick] [--dashboards 500] [--rate 200] [--seconds 60] [--metrics-only]
+    .venv/bin/python -m bench.load [--quick] [--streams 2000] [--pollers 500] [--rate 2] [--seconds 60] [--no-flood]
 
-The stack is the Procfile's (bench/stack.py): gunicorn with WEB_WORKERS x WEB_THREADS (2 x 8 unless set), ingest and
-metrics workers, beat. Two phases, each a simulator run of `--seconds` (same seed, so the same bursts) observed by
-the freshness observer:
+The stack is the Procfile's (bench/stack.py: web, stream, ingest, metrics, watch, beat; the web module is
+bench.wsgi, the product's application plus the constant views) with the simulator adding `--rate` rows/s over 20
+sources during every phase (the issue's setting: its default 2 rows/s). Viewers are asyncio clients in
+CLIENT_PROCESSES processes of their own (their CPU is reported), each viewer its own keep-alive connections, asking
+with `Accept-Encoding: gzip` as a browser does:
 
-1. baseline: 5 dashboards only (a negligible 5 requests/s; they give the unloaded latency);
-2. loaded: 500 dashboards.
+- a *poller* asks the three polled URLs every second (metrics for 2 to 5 of the 20 countries, the sources panel,
+  the country list), each with the If-None-Match of its last 200, timing out after 2.5 s as dashboard.js; a 503's
+  Retry-After is waited out before it asks again (as dashboard.js);
+- a *streamer* does what js/stream.js does: it holds GET /api/v1/stream/?countries=<its 2 to 5>, fetches its
+  metrics URL on each event (one fetch at a time, once more if events came meanwhile, again after 150 ms on a 304
+  up to 3 times), and every 5 s polls the metrics and the sources as a safety net.
 
-A simulated dashboard does what dashboard/static/dashboard/dashboard.js does: one tick a second, counted from the
-start of the previous one (a slow answer does not stretch the period); each tick awaits
-GET /api/v1/metrics/?countries=<2 to 5 of the 20> with If-None-Match (the ETag of its last 200), and alongside,
-not awaited and never two at once, GET /api/v1/sources/ (the pipeline panel, with its own If-None-Match); every
-10 s GET /api/v1/countries/ (the country selector). Requests time out after 2.5 s, as there; every URL keeps its
-keep-alive HTTP/1.1 connection, as a browser would. `--metrics-only` leaves out the sources panel and the selector. The dashboards start spread over
-the first second and run in a few client processes (asyncio streams, one task per dashboard).
+Phases, each of `--seconds` with the freshness observer running (bench/stack.py):
 
-Reported for the loaded phase, over the requests started after a warm-up (page load): per URL the request rate
-achieved, p50/p99 latency of the answers, error rate (timeouts, failed connections, statuses other than 200/304)
-and the share of 304s; the clients' tick lag p99 (how late the clients woke a dashboard up for its tick: a large one
-means the clients, not only the server, were short of CPU); then the freshness figures of both phases and their
-ratios (loaded / baseline).
+1. baseline: 5 pollers;
+2. loaded: `--streams` streamers and `--pollers` pollers;
+3. constant: the same pollers asking three constant views (bench/urls.py) answering as many bytes as phase 2's
+   average 200 of each URL, always a 200: the server's floor for the same requests and more bytes;
+4. flood (unless --no-flood): FLOOD_FACTOR x `--pollers` pollers, with a prober asking /api/v1/health/ every
+   0.5 s.
+
+Reported per phase: per URL the request rate, p50/p99 of the answers, errors (timeouts, connection errors, statuses
+other than 200/304/503) and 503s; bytes received per viewer per second; stream events heard; the clients' CPU; the
+freshness figures (warehouse and API p50/p99) and their ratios to the baseline's; the health prober's p99 and failures.
 """
 
 from __future__ import annotations
@@ -31,42 +36,48 @@ import argparse
 import asyncio
 import multiprocessing
 import random
+import threading
 import time
+import urllib.request
 from collections import defaultdict
+
+import psutil
 
 from bench.common import bench_environment, percentile, report
 from bench.stack import COUNTRIES, SourceDatabases, Stack, say
 
-DASHBOARDS = 500
-BASELINE_DASHBOARDS = 5
+STREAMS, POLLERS, BASELINE_POLLERS, FLOOD_FACTOR = 2000, 500, 5, 10
+QUICK_STREAMS, QUICK_POLLERS = 300, 100
 CLIENT_PROCESSES = 2
-# From dashboard.js: CONFIG.pollSeconds, REQUEST_TIMEOUT_MS, COUNTRY_LIST_REFRESH_MS.
-POLL_SECONDS = 1.0
+# From the dashboard's JS: CONFIG.pollSeconds, streamingPollSeconds, REQUEST_TIMEOUT_MS, AFTER_304_MS/TRIES.
+POLL_SECONDS, STREAMING_POLL_SECONDS = 1.0, 5.0
 REQUEST_TIMEOUT_SECONDS = 2.5
-COUNTRY_LIST_SECONDS = 10.0
-COUNTRIES_PER_DASHBOARD = (2, 5)
-# The first requests of a dashboard are its page load (no ETag yet): left out of the figures.
-WARM_UP_SECONDS = 3.0
+AFTER_304_SECONDS, AFTER_304_TRIES = 0.15, 3
+COUNTRIES_PER_VIEWER = (2, 5)
+# The first seconds of a phase are its viewers' page loads and stream openings: left out of the figures.
+WARM_UP_SECONDS = 5.0
+HEALTH_EVERY_SECONDS, HEALTH_TIMEOUT_SECONDS = 0.5, 5.0
 SEED_ROWS = 200
 METRICS, SOURCES, COUNTRY_LIST = "metrics", "sources", "countries"
 PATHS = {SOURCES: "/api/v1/sources/", COUNTRY_LIST: "/api/v1/countries/"}
+CONSTANT_PATH = "/bench/constant-of/{size}/"
 TIMEOUT, CONNECTION_ERROR = "timeout", "connection error"
 
 
-# --- the simulated dashboards (run in client processes) --------------------------------------------------------
+# --- the simulated viewers (run in client processes) -----------------------------------------------------------
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection to the server, opened on first use and reopened when the server closed it."""
+    """One keep-alive HTTP/1.1 connection, opened on first use and reopened when the server closed it."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def get(self, path: str, etag: str | None = None) -> tuple[int, str | None]:
-        """(status, ETag) of GET path; the body is read and dropped."""
+    async def get(self, path: str, etag: str | None = None) -> tuple[int, dict, int]:
+        """(status, headers, bytes received) of GET path; the body is read and dropped."""
         request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAccept: application/json\r\n"
-                   + (f"If-None-Match: {etag}\r\n" if etag else "") + "\r\n").encode()
+                   "Accept-Encoding: gzip\r\n" + (f"If-None-Match: {etag}\r\n" if etag else "") + "\r\n").encode()
         reused = self.writer is not None
         try:
             return await self._exchange(request)
@@ -74,11 +85,11 @@ class Connection:
             self.close()
             if not reused:
                 raise
-            # The server closed the idle connection as we sent (gunicorn keeps one alive 2 s): a browser retries an
-            # idempotent request on a new connection, and so do we.
+            # The server closed the idle connection as we sent: a browser retries an idempotent request on a new
+            # connection, and so do we.
             return await self._exchange(request)
 
-    async def _exchange(self, request: bytes) -> tuple[int, str | None]:
+    async def _exchange(self, request: bytes) -> tuple[int, dict, int]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(request)
@@ -90,22 +101,24 @@ class Connection:
         for line in header_lines:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if status == 304 or status == 204 or status < 200:
-            pass  # no body
+        size = len(head)
+        if status in (204, 304) or status < 200:
+            pass
         elif "content-length" in headers:
-            await self.reader.readexactly(int(headers["content-length"]))
+            size += len(await self.reader.readexactly(int(headers["content-length"])))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                await self.reader.readexactly(size + 2)  # the chunk and its CRLF; the last one is empty
-                if size == 0:
+                line = await self.reader.readuntil(b"\r\n")
+                chunk = int(line.split(b";")[0], 16)
+                size += len(line) + len(await self.reader.readexactly(chunk + 2))
+                if chunk == 0:
                     break
         else:
-            await self.reader.read()  # a body delimited by the end of the connection
+            size += len(await self.reader.read())
             self.close()
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return status, headers.get("etag")
+        return status, headers, size
 
     def close(self) -> None:
         if self.writer is not None:
@@ -113,104 +126,193 @@ class Connection:
         self.reader = self.writer = None
 
 
-class Dashboard:
-    """dashboard.js's polling, with a record (url, started, latency s, status or error) of every request."""
+class Viewer:
+    """What both kinds of viewer share: their records (kind, url, started, latency s, outcome, bytes) and the wait
+    a 503's Retry-After asks for."""
 
-    def __init__(self, port: int, countries: list[str], *, sources_panel: bool, records: list) -> None:
+    def __init__(self, port: int, countries: list[str], records: list, counters: dict) -> None:
         self.port = port
         self.metrics_path = f"/api/v1/metrics/?countries={','.join(countries)}"
-        self.sources_panel = sources_panel
-        self.records = records
-        self.tick_lags: list[float] = []
+        self.records, self.counters = records, counters
+        self.busy_until = 0.0
 
-    async def request(self, connection: Connection, kind: str, path: str, etag: str | None = None) -> str | None:
-        """One GET; the answer's ETag when it was a 200, the ETag sent when it was a 304, else None."""
+    async def request(self, kind: str, connection: Connection, path: str, etag: str | None = None,
+                      record_kind: str | None = None) -> tuple[int | str, str | None]:
+        """(outcome, the ETag to send next time) of one GET."""
         started = time.time()
         try:
-            status, new_etag = await asyncio.wait_for(connection.get(path, etag), REQUEST_TIMEOUT_SECONDS)
+            status, headers, size = await asyncio.wait_for(connection.get(path, etag), REQUEST_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             connection.close()  # like the browser's AbortController: the connection is dropped
-            self.records.append((kind, started, time.time() - started, TIMEOUT))
-            return None
+            self.records.append((record_kind or kind, started, time.time() - started, TIMEOUT, 0))
+            return TIMEOUT, etag
         except OSError:
             connection.close()
-            self.records.append((kind, started, time.time() - started, CONNECTION_ERROR))
-            return None
-        self.records.append((kind, started, time.time() - started, status))
-        return etag if status == 304 else new_etag if status == 200 else None
+            self.records.append((record_kind or kind, started, time.time() - started, CONNECTION_ERROR, 0))
+            return CONNECTION_ERROR, etag
+        self.records.append((record_kind or kind, started, time.time() - started, status, size))
+        if status == 503 and headers.get("retry-after", "").isdigit():
+            self.busy_until = max(self.busy_until, time.time() + int(headers["retry-after"]))
+        return status, headers.get("etag") if status == 200 else etag
+
+    async def wait_out_retry_after(self) -> None:
+        if self.busy_until > time.time():
+            await asyncio.sleep(self.busy_until - time.time())
+
+
+class Poller(Viewer):
+    """Asks its three URLs every second (each on its own connection, in parallel), as a polling dashboard does."""
+
+    def __init__(self, *args, constant_paths: dict[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.paths = constant_paths or {METRICS: self.metrics_path, **PATHS}
 
     async def run(self, first_tick: float, stop) -> None:
-        metrics_connection = Connection(self.port)
-        panel_connection, selector_connection = Connection(self.port), Connection(self.port)
+        connections = {kind: Connection(self.port) for kind in self.paths}
+        etags: dict[str, str | None] = dict.fromkeys(self.paths)
         await asyncio.sleep(max(0.0, first_tick - time.time()))
-        etag = sources_etag = None
-        sources_in_flight: asyncio.Task | None = None
-        selector_loop = asyncio.create_task(self.country_list_loop(selector_connection, stop)) \
-            if self.sources_panel else None
+
+        async def ask(kind):
+            _, etags[kind] = await self.request(kind, connections[kind], self.paths[kind], etags[kind])
+
         while not stop.is_set():
             started = time.time()
-            if self.sources_panel and (sources_in_flight is None or sources_in_flight.done()):
-                if sources_in_flight is not None:
-                    sources_etag = sources_in_flight.result() or sources_etag
-                sources_in_flight = asyncio.create_task(self.request(panel_connection, SOURCES, PATHS[SOURCES],
-                                                                     sources_etag))
-            etag = await self.request(metrics_connection, METRICS, self.metrics_path, etag) or etag
-            wake_at = max(started + POLL_SECONDS, time.time())
-            await asyncio.sleep(wake_at - time.time())
-            # How late the event loop woke this dashboard up: large values mean the clients were short of CPU.
-            self.tick_lags.append(time.time() - wake_at)
-        for task in (sources_in_flight, selector_loop):
-            if task is not None:
-                await task
-        for connection in (metrics_connection, panel_connection, selector_connection):
+            await self.wait_out_retry_after()
+            await asyncio.gather(*(ask(kind) for kind in self.paths))
+            await asyncio.sleep(max(0.0, started + POLL_SECONDS - time.time()))
+        for connection in connections.values():
             connection.close()
 
-    async def country_list_loop(self, connection: Connection, stop) -> None:
+
+class Streamer(Viewer):
+    """js/stream.js: the stream open, a fetch of the metrics on each event, a safety poll every 5 s."""
+
+    def __init__(self, *args, stream_port: int) -> None:
+        super().__init__(*args)
+        self.stream_port = stream_port
+        self.stream_path = "/api/v1/stream/?" + self.metrics_path.split("?", 1)[1]
+        self.metrics, self.panel = Connection(self.port), Connection(self.port)
+        self.etag = self.sources_etag = None
+        self.fetching, self.fetch_again = False, False
+
+    async def fetch_changed(self) -> None:
+        if self.fetching:
+            self.fetch_again = True
+            return
+        self.fetching = True
+        try:
+            while True:
+                before = self.etag
+                for _ in range(AFTER_304_TRIES + 1):
+                    await self.wait_out_retry_after()
+                    _, self.etag = await self.request(METRICS, self.metrics, self.metrics_path, self.etag,
+                                                      record_kind="metrics (on event)")
+                    if self.etag != before:
+                        break
+                    await asyncio.sleep(AFTER_304_SECONDS)
+                if not self.fetch_again:
+                    return
+                self.fetch_again = False
+        finally:
+            self.fetching = False
+
+    async def safety_poll(self, stop) -> None:
         while not stop.is_set():
-            started = time.time()
-            await self.request(connection, COUNTRY_LIST, PATHS[COUNTRY_LIST])
-            while not stop.is_set() and time.time() < started + COUNTRY_LIST_SECONDS:
-                await asyncio.sleep(0.2)
+            await asyncio.sleep(STREAMING_POLL_SECONDS)
+            await self.wait_out_retry_after()
+            _, self.sources_etag = await self.request(SOURCES, self.panel, PATHS[SOURCES], self.sources_etag)
+            if not self.fetching:
+                self.fetching = True
+                try:
+                    _, self.etag = await self.request(METRICS, self.metrics, self.metrics_path, self.etag)
+                finally:
+                    self.fetching = False
+
+    async def run(self, first_tick: float, stop) -> None:
+        await asyncio.sleep(max(0.0, first_tick - time.time()))
+        poll = asyncio.create_task(self.safety_poll(stop))
+        fetches: set[asyncio.Task] = set()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.stream_port, limit=1 << 20)
+            writer.write(f"GET {self.stream_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            await writer.drain()
+            status = await reader.readline()
+            if b" 200 " not in status:
+                self.counters["streams refused"] += 1
+                writer.close()
+                return
+            self.counters["streams opened"] += 1
+            event = None
+            while not stop.is_set():
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 1.0)
+                except asyncio.TimeoutError:
+                    continue
+                if not line:
+                    self.counters["streams closed by the server"] += 1
+                    return
+                self.counters["stream bytes"] += len(line)
+                if line.startswith(b"event: "):
+                    event = line[7:].strip()
+                elif line.startswith(b"data: ") and event in (b"metrics", b"resync"):
+                    self.counters["stream events"] += 1
+                    task = asyncio.create_task(self.fetch_changed())
+                    fetches.add(task)
+                    task.add_done_callback(fetches.discard)
+            writer.close()
+        except OSError:
+            self.counters["streams failed"] += 1
+        finally:
+            poll.cancel()
+            await asyncio.gather(poll, *fetches, return_exceptions=True)
+            self.metrics.close()
+            self.panel.close()
 
 
-def dashboards_process(port: int, indices: list[int], seed: int, sources_panel: bool, ready, stop, results) -> None:
-    """A client process: says it is `ready` (imports done), runs its share of the dashboards until `stop` is set,
-    then puts (records, tick lags) on `results`."""
+def viewers_process(port: int, stream_port: int, plan: list[tuple[str, int]], seed: int,
+                    constant_paths: dict | None, ready, stop, results) -> None:
+    """A client process: runs its viewers (kind, index) until `stop` is set, then puts (records, counters, CPU s)."""
 
     async def main():
         records: list = []
-        dashboards = []
+        counters: dict = defaultdict(int)
+        viewers = []
         now = time.time()
-        for index in indices:
+        for kind, index in plan:
             rng = random.Random(seed * 100_003 + index)
-            countries = rng.sample(COUNTRIES, rng.randint(*COUNTRIES_PER_DASHBOARD))
-            dashboards.append(Dashboard(port, countries, sources_panel=sources_panel, records=records))
-        await asyncio.gather(*(d.run(now + random.Random(index).uniform(0, POLL_SECONDS), stop)
-                               for d, index in zip(dashboards, indices)))
-        return records, [lag for d in dashboards for lag in d.tick_lags]
+            countries = rng.sample(COUNTRIES, rng.randint(*COUNTRIES_PER_VIEWER))
+            viewer = (Streamer(port, countries, records, counters, stream_port=stream_port) if kind == "stream"
+                      else Poller(port, countries, records, counters, constant_paths=constant_paths))
+            viewers.append(viewer.run(now + rng.uniform(0, POLL_SECONDS * 2), stop))
+        await asyncio.gather(*viewers)
+        return records, dict(counters)
 
     ready.put(None)
-    results.put(asyncio.run(main()))
+    records, counters = asyncio.run(main())
+    cpu = psutil.Process().cpu_times()
+    results.put((records, counters, cpu.user + cpu.system))
 
 
-class Dashboards:
-    """`count` simulated dashboards in CLIENT_PROCESSES processes, from entry until exit."""
+class Viewers:
+    """Streamers and pollers in CLIENT_PROCESSES processes, from entry until `finish`."""
 
-    def __init__(self, port: int, count: int, *, sources_panel: bool, seed: int = 1) -> None:
-        self.port, self.count, self.sources_panel, self.seed = port, count, sources_panel, seed
-        # Spawned, not forked: a fork would share the benchmark's open database connections.
-        self.context = multiprocessing.get_context("spawn")
+    def __init__(self, stack: Stack, *, streams: int, pollers: int, constant_paths: dict | None = None,
+                 seed: int = 1) -> None:
+        self.stack, self.constant_paths, self.seed = stack, constant_paths, seed
+        self.plan = [("stream", k) for k in range(streams)] + [("poll", streams + k) for k in range(pollers)]
+        self.viewers = max(streams + pollers, 1)
+        self.context = multiprocessing.get_context("spawn")  # a fork would share the bench's database connections
 
     def __enter__(self):
         self.ready, self.stop, self.results = self.context.Queue(), self.context.Event(), self.context.Queue()
-        shares = [list(range(self.count))[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
-        self.processes = [self.context.Process(target=dashboards_process, daemon=True,
-                                               args=(self.port, share, self.seed, self.sources_panel, self.ready,
-                                                     self.stop, self.results))
-                          for share in shares if share]
+        shares = [self.plan[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
+        self.processes = [self.context.Process(target=viewers_process, daemon=True, args=(
+            self.stack.port, self.stack.stream_port, share, self.seed, self.constant_paths, self.ready, self.stop,
+            self.results)) for share in shares if share]
         for process in self.processes:
             process.start()
-        for _ in self.processes:  # a spawned interpreter takes a while to import, more on a busy machine
+        for _ in self.processes:
             self.ready.get(timeout=120)
         self.started_at = time.time()
         return self
@@ -221,98 +323,173 @@ class Dashboards:
                 process.terminate()
                 process.join()
 
-    def finish(self) -> tuple[list, list[float], float, float]:
-        """Stop the dashboards; (records, tick lags, window start, window end) of the measured window."""
+    def finish(self) -> dict:
+        """Stop the viewers; the figures of the requests started after the warm-up."""
         stopped_at = time.time()
         self.stop.set()
-        collected = [self.results.get(timeout=60) for _ in self.processes]
+        collected = [self.results.get(timeout=120) for _ in self.processes]
         for process in self.processes:
             process.join(10)
         records = [record for part in collected for record in part[0]]
-        lags = [lag for part in collected for lag in part[1]]
-        return records, lags, self.started_at + WARM_UP_SECONDS, stopped_at
+        counters: dict = defaultdict(int)
+        for part in collected:
+            for name, value in part[1].items():
+                counters[name] += value
+        window_start = self.started_at + WARM_UP_SECONDS
+        window = stopped_at - window_start
+        measured = [r for r in records if window_start <= r[1] <= stopped_at]
+        return {
+            "urls": request_figures(measured, window),
+            "bytes_per_viewer_per_second": round(
+                (sum(r[4] for r in measured) + counters.get("stream bytes", 0) * window / (stopped_at - self.started_at))
+                / self.viewers / window, 1),
+            "counters": dict(counters),
+            "clients_cpu_cores": round(sum(part[2] for part in collected) / (stopped_at - self.started_at), 2),
+        }
 
 
-def request_figures(records: list, window_start: float, window_end: float) -> dict[str, dict]:
-    """Per URL kind, over the requests started in the window: rate, latency of the answers, errors, 304 share."""
+def request_figures(records: list, window: float) -> dict[str, dict]:
+    """Per URL kind: rate, answers' p50/p99, errors, 503s (count and p99), average 200 body."""
     by_kind: dict[str, list] = defaultdict(list)
-    for kind, started, latency, outcome in records:
-        if window_start <= started <= window_end:
-            by_kind[kind].append((latency, outcome))
+    for kind, _, latency, outcome, size in records:
+        by_kind[kind].append((latency, outcome, size))
     figures = {}
-    for kind, requests in by_kind.items():
-        answered = [latency for latency, outcome in requests if outcome in (200, 304)]
-        not_modified = sum(1 for _, outcome in requests if outcome == 304)
-        errors = [outcome for _, outcome in requests if outcome not in (200, 304)]
+    for kind, requests in sorted(by_kind.items()):
+        answered = [latency for latency, outcome, _ in requests if outcome in (200, 304)]
+        shed = [latency for latency, outcome, _ in requests if outcome == 503]
+        errors = [outcome for _, outcome, _ in requests if outcome not in (200, 304, 503)]
+        sizes = [size for _, outcome, size in requests if outcome == 200]
         figures[kind] = {
-            "requests": len(requests),
-            "requests_per_second": round(len(requests) / (window_end - window_start), 1),
+            "requests_per_second": round(len(requests) / window, 1),
             "p50_ms": round(percentile(answered, 0.5) * 1000, 1) if answered else None,
             "p99_ms": round(percentile(answered, 0.99) * 1000, 1) if answered else None,
-            "error_rate": round(len(errors) / len(requests), 4),
-            "errors": {str(outcome): errors.count(outcome) for outcome in sorted(set(errors), key=str)},
-            "share_304": round(not_modified / len(answered), 3) if answered else None,
+            "errors": len(errors), "error_kinds": {str(o): errors.count(o) for o in sorted(set(errors), key=str)},
+            "shed_503": len(shed), "shed_p99_ms": round(percentile(shed, 0.99) * 1000, 1) if shed else None,
+            "share_304": round(sum(1 for _, o, _ in requests if o == 304) / len(answered), 3) if answered else None,
+            "mean_200_bytes": round(sum(sizes) / len(sizes)) if sizes else None,
         }
     return figures
 
 
+class HealthProber:
+    """GET /api/v1/health/ every HEALTH_EVERY_SECONDS in a thread: latency of each answer, failures."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.latencies, self.failures = url, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=HEALTH_TIMEOUT_SECONDS) as response:
+                    response.read()
+                self.latencies.append(time.monotonic() - started)
+            except OSError as exc:  # a 503 of the health check itself (a service down) counts too
+                if getattr(exc, "code", None) == 503:
+                    self.latencies.append(time.monotonic() - started)
+                else:
+                    self.failures += 1
+            self.stop.wait(max(0.0, HEALTH_EVERY_SECONDS - (time.monotonic() - started)))
+
+    def figures(self) -> dict:
+        return {"health_answers": len(self.latencies), "health_failures": self.failures,
+                "health_p99_ms": round(percentile(self.latencies, 0.99) * 1000, 1) if self.latencies else None}
+
+
 # --- the benchmark ---------------------------------------------------------------------------------------------
 
-def ratio(loaded, baseline):
-    return round(loaded / baseline, 2) if loaded is not None and baseline else None
+def ratio(value, baseline):
+    return round(value / baseline, 2) if value is not None and baseline else None
+
+
+def phase(stack: Stack, sources: SourceDatabases, *, rate: float, seconds: float, streams: int, pollers: int,
+          constant_paths: dict | None = None, settled: dict | None = None) -> dict:
+    with HealthProber(f"{stack.api_url}/api/v1/health/") as health, \
+            Viewers(stack, streams=streams, pollers=pollers, constant_paths=constant_paths) as viewers:
+        time.sleep(WARM_UP_SECONDS)
+        freshness = stack.freshness(sources, rate=rate, seconds=seconds, seed=8, settled_counts=settled)
+        figures = viewers.finish()
+    return {**figures, "freshness": freshness, **health.figures()}
+
+
+def constant_paths_like(loaded: dict) -> dict[str, str]:
+    """The constant views as large as the loaded phase's average 200 of each URL, as received (gzipped)."""
+    sizes = {kind: loaded["urls"].get(kind, {}).get("mean_200_bytes") or 1000 for kind in (METRICS, SOURCES,
+                                                                                           COUNTRY_LIST)}
+    return {kind: CONSTANT_PATH.format(size=size) for kind, size in sizes.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="phases of 15 s instead of 60")
-    parser.add_argument("--dashboards", type=int, default=DASHBOARDS)
-    parser.add_argument("--rate", type=float, default=200.0, help="simulator rows/s over all sources")
-    parser.add_argument("--seconds", type=float, help="length of each phase's simulator run")
-    parser.add_argument("--metrics-only", action="store_true",
-                        help="dashboards poll the metrics URL only (no sources panel, no country list)")
+    parser.add_argument("--quick", action="store_true", help=f"phases of 15 s, {QUICK_STREAMS} streams and "
+                                                              f"{QUICK_POLLERS} pollers unless given")
+    parser.add_argument("--streams", type=int)
+    parser.add_argument("--pollers", type=int)
+    parser.add_argument("--rate", type=float, default=2.0, help="simulator rows/s over all sources")
+    parser.add_argument("--seconds", type=float, help="length of each phase (default 60, 15 with --quick)")
+    parser.add_argument("--no-flood", action="store_true", help="leave out the flood phase")
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
-    sources_panel = not args.metrics_only
-    with bench_environment(), SourceDatabases("pisa_load_src_") as sources, Stack("load") as stack:
+    streams = args.streams if args.streams is not None else QUICK_STREAMS if args.quick else STREAMS
+    pollers = args.pollers if args.pollers is not None else QUICK_POLLERS if args.quick else POLLERS
+    # The stream server keeps this many viewers: room for every streamer, as a deployment sized for them would.
+    environment = {"STREAM_MAX_VIEWERS": str(max(streams + 100, 5000))}
+    with bench_environment(), SourceDatabases("pisa_load_src_") as sources, \
+            Stack("load", environment=environment, web_module="bench.wsgi") as stack:
         say("seeding the sources...")
         stack.run(sources.simulate(seed_rows=SEED_ROWS, seed=7), env=stack.env)
         stack.wait_until_settled()
-        say(f"baseline: {BASELINE_DASHBOARDS} dashboards, simulator at {args.rate:g} rows/s for {seconds:g}s...")
-        with Dashboards(stack.port, BASELINE_DASHBOARDS, sources_panel=sources_panel) as dashboards:
-            time.sleep(WARM_UP_SECONDS)
-            baseline = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8)
-            records, _, window_start, window_end = dashboards.finish()
-        baseline_requests = request_figures(records, window_start, window_end)
-        # Counted before the dashboards start: under their load the API may not answer the observer for a while.
-        settled = stack.wait_until_settled()
-        say(f"loaded: {args.dashboards} dashboards, simulator at {args.rate:g} rows/s for {seconds:g}s...")
-        with Dashboards(stack.port, args.dashboards, sources_panel=sources_panel) as dashboards:
-            time.sleep(WARM_UP_SECONDS)
-            loaded = stack.freshness(sources, rate=args.rate, seconds=seconds, seed=8, settled_counts=settled)
-            records, lags, window_start, window_end = dashboards.finish()
-        loaded_requests = request_figures(records, window_start, window_end)
-    metrics, metrics_baseline = loaded_requests.get(METRICS, {}), baseline_requests.get(METRICS, {})
+        say(f"baseline: {BASELINE_POLLERS} pollers, simulator at {args.rate:g} rows/s for {seconds:g}s...")
+        baseline = phase(stack, sources, rate=args.rate, seconds=seconds, streams=0, pollers=BASELINE_POLLERS)
+        say(f"loaded: {streams} streams and {pollers} pollers...")
+        loaded = phase(stack, sources, rate=args.rate, seconds=seconds, streams=streams, pollers=pollers,
+                       settled=stack.wait_until_settled())
+        say(f"constant: {pollers} pollers asking constant views of the same sizes...")
+        constant = phase(stack, sources, rate=args.rate, seconds=seconds, streams=0, pollers=pollers,
+                         constant_paths=constant_paths_like(loaded), settled=stack.wait_until_settled())
+        flood = None
+        if not args.no_flood:
+            say(f"flood: {FLOOD_FACTOR * pollers} pollers...")
+            flood = phase(stack, sources, rate=args.rate, seconds=seconds, streams=0, pollers=FLOOD_FACTOR * pollers,
+                          settled=stack.wait_until_settled())
+
+    def fresh(figures, name):
+        return figures["freshness"].get(name)
+
+    polled = {kind: loaded["urls"].get(kind, {}) for kind in (METRICS, SOURCES, COUNTRY_LIST)}
     report("load", {
-        "what": f"{args.dashboards} dashboards polling every second "
-                f"({'metrics only' if args.metrics_only else 'metrics, sources panel, country list'}, as "
-                f"dashboard.js) while the simulator adds {args.rate:g} rows/s over {len(COUNTRIES)} sources for "
-                f"{seconds:g}s; baseline: the same with {BASELINE_DASHBOARDS} dashboards, in the same run",
-        "dashboards": args.dashboards,
-        "metrics_requests_per_second": metrics.get("requests_per_second"),
-        "metrics_requests_per_second_expected": args.dashboards / POLL_SECONDS,
-        "metrics_p50_ms": metrics.get("p50_ms"), "metrics_p99_ms": metrics.get("p99_ms"),
-        "metrics_p50_ms_baseline": metrics_baseline.get("p50_ms"),
-        "metrics_p99_ms_baseline": metrics_baseline.get("p99_ms"),
-        "ratio_metrics_p50_loaded_over_baseline": ratio(metrics.get("p50_ms"), metrics_baseline.get("p50_ms")),
-        "metrics_error_rate": metrics.get("error_rate"), "metrics_errors": metrics.get("errors"),
-        "metrics_share_304": metrics.get("share_304"),
-        "other_urls": {kind: figures for kind, figures in loaded_requests.items() if kind != METRICS},
-        "other_urls_baseline": {kind: figures for kind, figures in baseline_requests.items() if kind != METRICS},
-        "client_tick_lag_p99_ms": round(percentile(lags, 0.99) * 1000, 1) if lags else None,
-        **{f"{name}_loaded": value for name, value in loaded.items()},
-        **{f"{name}_baseline": value for name, value in baseline.items()},
-        **{f"ratio_{name}_loaded_over_baseline": ratio(loaded[name], baseline[name])
-           for name in ("warehouse_p50_s", "warehouse_p99_s", "api_p50_s", "api_p99_s")},
+        "what": f"{streams} streaming and {pollers} polling viewers (asyncio clients in {CLIENT_PROCESSES} processes, "
+                f"gzip accepted) while the simulator adds {args.rate:g} rows/s over {len(COUNTRIES)} sources, "
+                f"{seconds:g}s per phase; baseline {BASELINE_POLLERS} pollers; constant views of the same sizes; "
+                f"flood {FLOOD_FACTOR}x the pollers; same run",
+        "streams": streams, "pollers": pollers,
+        "poll_p99_ms": {kind: figures.get("p99_ms") for kind, figures in polled.items()},
+        "poll_p99_ms_constant": {kind: figures.get("p99_ms") for kind, figures in constant["urls"].items()},
+        "ratio_metrics_p99_over_constant": ratio(polled[METRICS].get("p99_ms"),
+                                                 constant["urls"].get(METRICS, {}).get("p99_ms")),
+        "errors_loaded": sum(f["errors"] for f in loaded["urls"].values()),
+        "shed_503_loaded": sum(f["shed_503"] for f in loaded["urls"].values()),
+        "bytes_per_viewer_per_second": loaded["bytes_per_viewer_per_second"],
+        "bytes_per_viewer_per_second_constant": constant["bytes_per_viewer_per_second"],
+        "warehouse_p99_s": {"baseline": fresh(baseline, "warehouse_p99_s"), "loaded": fresh(loaded, "warehouse_p99_s"),
+                            "flood": fresh(flood, "warehouse_p99_s") if flood else None},
+        "api_p99_s": {"baseline": fresh(baseline, "api_p99_s"), "loaded": fresh(loaded, "api_p99_s"),
+                      "flood": fresh(flood, "api_p99_s") if flood else None},
+        "health_p99_ms": {"loaded": loaded["health_p99_ms"], "flood": flood["health_p99_ms"] if flood else None},
+        "health_failures": {"loaded": loaded["health_failures"], "flood": flood["health_failures"] if flood else None},
+        "flood_urls": flood["urls"] if flood else None,
+        "flood_errors": sum(f["errors"] for f in flood["urls"].values()) if flood else None,
+        "phases": {"baseline": baseline, "loaded": loaded, "constant": constant, "flood": flood},
         "web": f"gunicorn {stack.env.get('WEB_WORKERS', '2')} workers x {stack.env.get('WEB_THREADS', '8')} threads",
     }, quick=args.quick)
 

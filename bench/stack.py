@@ -190,10 +190,13 @@ class SourceDatabases:
 class Stack(Processes):
     """The Procfile's web, stream, ingest, metrics, watch and beat on the bench warehouse; `environment` overrides its variables."""
 
-    def __init__(self, name: str, *, environment: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, *, environment: dict[str, str] | None = None,
+                 web_module: str = "pisa_site.wsgi") -> None:
+        """`web_module`: the WSGI module the web runs (bench.wsgi adds the constant views)."""
         super().__init__(ROOT / "bench" / f"{name}.log")
         self.name = name
         self.overrides = environment or {}
+        self.web_module = web_module
 
     def __enter__(self):
         super().__enter__()
@@ -209,6 +212,8 @@ class Stack(Processes):
             commands = procfile_commands()
             for name in STACK_PROCESSES:
                 command = commands[name]
+                if name == "web":
+                    command = command.replace("pisa_site.wsgi", self.web_module)
                 if name == "beat":  # a schedule file of its own, not the one `make run` keeps under PISA_HOME
                     command += f" --schedule {ROOT / 'bench' / f'.{self.name}-beat-schedule'}"
                 self.start(["bash", "-c", f"exec {command}"], env=self.env)

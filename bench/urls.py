@@ -5,6 +5,8 @@ in pisa_site/urls.py, a cost (a nested resolve and its ResolverMatch) production
 first, so they are resolved by the first pattern tried, as the polled URLs are in production.
 """
 
+import functools
+
 from django.http import HttpResponse
 from django.urls import path
 
@@ -24,8 +26,19 @@ def constant_large(request):
     return HttpResponse(CONSTANT_LARGE, content_type="application/json")
 
 
+@functools.cache
+def _padding(size: int) -> bytes:
+    return b'{"padding": "' + b"x" * max(size - 15, 0) + b'"}'
+
+
+def constant_of(request, size: int):
+    """`size` bytes of body (bench.load's floor for a URL whose answers are that large)."""
+    return HttpResponse(_padding(min(size, 10_000_000)), content_type="application/json")
+
+
 urlpatterns = [
     path("bench/constant/", constant),
     path("bench/constant-large/", constant_large),
+    path("bench/constant-of/<int:size>/", constant_of),
     *project_urlpatterns,
 ]

@@ -181,6 +181,11 @@ def countries_overview() -> list[dict]:
     ]
 
 
+def countries_overview_bytes(etag: str) -> bytes:
+    """GET /api/v1/countries/'s body, made once per ETag (view_lookup's "countries" view)."""
+    return cache.view_bytes(etag, lambda: {"results": countries_overview()})
+
+
 # --- The course dashboard's contract (shared/forage/API.md) ----------------------------------------------------
 
 def _value(estimate: dict | None, digits: int = 2):

@@ -143,6 +143,19 @@ def test_countries_list_and_detail(client, two_countries):
     assert client.get("/api/v1/countries/ZZZ/").status_code == 404
 
 
+def test_the_country_list_answers_304_until_a_country_changes(client, two_countries):
+    alb, _ = two_countries
+    first = client.get("/api/v1/countries/")
+    assert first.status_code == 200 and first["ETag"]
+    assert client.get("/api/v1/countries/", HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+    alb.insert_students(2)
+    source_sync(source_id=alb.source.pk)
+    country_metrics_refresh(country="ALB")
+    changed = client.get("/api/v1/countries/", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert changed.status_code == 200 and changed["ETag"] != first["ETag"]
+    assert [(c["code"], c["n_students"]) for c in changed.json()["results"]] == [("ALB", 37), ("ARG", 20)]
+
+
 class TestForageContract:
     """Field for field what shared/forage/API.md specifies."""
 
