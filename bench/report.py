@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.jsonl"
 REPORT = ROOT / "bench" / "RESULTS.md"
-ORDER = ("ingest", "freshness", "metrics", "api", "scale", "load", "workers", "analysis", "estimators", "simulate")
+ORDER = ("ingest", "freshness", "metrics", "api", "scale", "load", "pixel", "workers", "analysis", "estimators", "simulate")
 # Record fields that describe the run rather than being figures of it.
 CONTEXT_FIELDS = {"bench", "at", "quick", "machine", "what", "command"}
 

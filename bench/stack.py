@@ -43,6 +43,7 @@ FAN_OUT_EVERY_SECONDS = 1.0
 BACKFILL_POLL_SECONDS = 0.2
 BACKFILL_TIMEOUT_SECONDS = 3 * 3600
 OBSERVE_EVERY_SECONDS = 0.05
+SLOWEST_ROWS_KEPT = 3
 # How long the observer keeps watching after the simulator stopped, for the last rows to reach the API.
 DRAIN_SECONDS = 10
 
@@ -136,6 +137,14 @@ class Processes:
                 self.started.remove(process)
 
 
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
 def _group_members(group: int, *, created_before: float) -> list[psutil.Process]:
     """The processes of a process group that already existed at `created_before` (a group id left free could be
     taken by an unrelated process later)."""
@@ -197,6 +206,7 @@ class Stack(Processes):
         self.name = name
         self.overrides = environment or {}
         self.web_module = web_module
+        self.by_name: dict[str, subprocess.Popen] = {}
 
     def __enter__(self):
         super().__enter__()
@@ -216,12 +226,24 @@ class Stack(Processes):
                     command = command.replace("pisa_site.wsgi", self.web_module)
                 if name == "beat":  # a schedule file of its own, not the one `make run` keeps under PISA_HOME
                     command += f" --schedule {ROOT / 'bench' / f'.{self.name}-beat-schedule'}"
-                self.start(["bash", "-c", f"exec {command}"], env=self.env)
+                self.by_name[name] = self.start(["bash", "-c", f"exec {command}"], env=self.env)
             self._wait_for_web()
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
         return self
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each of the stack's processes, its children (workers, pool) included; the
+        database and Redis servers as "postgres" and "redis" (every process of theirs on the machine)."""
+        used: dict[str, float] = {}
+        for name, process in self.by_name.items():
+            with contextlib.suppress(psutil.Error):
+                leader = psutil.Process(process.pid)
+                used[name] = sum(_cpu(p) for p in [leader, *leader.children(recursive=True)])
+        for name in ("postgres", "redis-server"):
+            used[name.split("-")[0]] = sum(_cpu(p) for p in psutil.process_iter(["name"]) if p.info["name"] == name)
+        return used
 
     def _wait_for_web(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
@@ -308,14 +330,16 @@ class FreshnessObserver:
         self.last_row_by_source: dict[int, int] = dict(self.cursor.fetchall())
         self.base_counts = settled_counts or stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
         self.started_at = time.time()
+        self.created_until = float("inf")  # rows created later are not counted (a benchmark's window ended)
         self.warehouse_delays: list[float] = []
         self.load_start_delays: list[float] = []
+        self.slowest: list[tuple] = []  # (delay s, country, source row id, created at): where to look first
         self.created_by_country: dict[str, list[float]] = defaultdict(list)  # epochs of the new rows
         self.api_answers: list[tuple[float, dict[str, int]]] = []  # (epoch, students per country)
         self.api_failures = 0  # observations the API did not answer in time (a later one catches up)
 
-    def observe_while(self, running) -> None:
-        """Observe while `running()` is true, then DRAIN_SECONDS more."""
+    def observe_while(self, running, *, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Observe while `running()` is true, then `drain_seconds` more."""
         stop = threading.Event()
         api_thread = threading.Thread(target=self._observe_api, args=(stop,), name="api-observer", daemon=True)
         api_thread.start()
@@ -323,7 +347,7 @@ class FreshnessObserver:
         try:
             while drain_until is None or time.monotonic() < drain_until:
                 if drain_until is None and not running():
-                    drain_until = time.monotonic() + DRAIN_SECONDS
+                    drain_until = time.monotonic() + drain_seconds
                 self._observe_warehouse()
                 time.sleep(OBSERVE_EVERY_SECONDS)
         finally:
@@ -340,8 +364,11 @@ class FreshnessObserver:
         for source_id, source_row_id, country, created, loaded in self.cursor.fetchall():
             self.last_row_by_source[source_id] = max(self.last_row_by_source[source_id], source_row_id)
             created = float(created)
-            if created >= self.started_at:
+            if self.started_at <= created <= self.created_until:
                 self.warehouse_delays.append(now - created)
+                self.slowest.append((round(now - created, 3), country, source_row_id,
+                                     time.strftime("%H:%M:%S", time.localtime(created))))
+                self.slowest = sorted(self.slowest, reverse=True)[:SLOWEST_ROWS_KEPT]
                 self.load_start_delays.append(float(loaded) - created)
                 self.created_by_country[country].append(created)
 
@@ -373,7 +400,8 @@ class FreshnessObserver:
 
         api_delays = self.api_delays()
         self.cursor.execute("SELECT count(*) FROM ingestion_student WHERE country = ANY(%s) "
-                            "AND source_created_at >= to_timestamp(%s)", [COUNTRIES, self.started_at])
+                            "AND source_created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)",
+                            [COUNTRIES, self.started_at, min(self.created_until, 4e9)])
         return {
             "rows_observed": len(self.warehouse_delays),
             # Rows in the warehouse the observer never saw: 0 unless the one-sync-per-source rule was broken.
@@ -386,6 +414,7 @@ class FreshnessObserver:
             "api_p50_s": seconds(api_delays, 0.5),
             "api_p99_s": seconds(api_delays, 0.99),
             "api_observations_failed": self.api_failures,
+            "slowest_rows_to_the_warehouse": [list(row) for row in self.slowest],
         }
 
 

@@ -37,18 +37,22 @@ def test_the_client_reads_each_framing_on_one_kept_alive_connection_and_reopens_
         return answers, requests, len(connections), client.writer
 
     answers, requests, connections, writer = asyncio.run(scenario())
-    assert answers == [(200, '"v1"'), (304, '"v1"'), (200, '"v2"'), (400, None)]
+    assert [(status, headers.get("etag")) for status, headers, _ in answers] == [
+        (200, '"v1"'), (304, '"v1"'), (200, '"v2"'), (400, None)]
+    # Bytes received: the head and the body as framed (chunk sizes included).
+    assert [size for _, _, size in answers] == [len(answer) for answer in ANSWERS]
     assert b'If-None-Match: "v1"' in requests[1] and b"If-None-Match" not in requests[0]
     assert connections == 1  # kept alive for all four
     assert writer is None  # closed after the server said Connection: close
 
 
-def test_request_figures_count_only_the_window_and_tell_errors_apart():
-    records = [("metrics", 0.5, 0.010, 200),  # before the window: page load
-               ("metrics", 1.0, 0.010, 200), ("metrics", 1.5, 0.002, 304), ("metrics", 2.0, 0.004, 304),
-               ("metrics", 2.5, 2.5, "timeout"), ("sources", 1.2, 0.050, 200)]
-    figures = request_figures(records, 1.0, 3.0)
-    assert figures["metrics"]["requests"] == 4 and figures["metrics"]["requests_per_second"] == 2.0
-    assert figures["metrics"]["error_rate"] == 0.25 and figures["metrics"]["errors"] == {"timeout": 1}
+def test_request_figures_tell_answers_shed_requests_and_errors_apart():
+    records = [("metrics", 1.0, 0.010, 200, 900), ("metrics", 1.5, 0.002, 304, 100), ("metrics", 2.0, 0.004, 304, 100),
+               ("metrics", 2.2, 0.001, 503, 200), ("metrics", 2.5, 2.5, "timeout", 0),
+               ("sources", 1.2, 0.050, 200, 1100)]
+    figures = request_figures(records, 2.0)
+    assert figures["metrics"]["requests_per_second"] == 2.5
+    assert figures["metrics"]["errors"] == 1 and figures["metrics"]["error_kinds"] == {"timeout": 1}
+    assert figures["metrics"]["shed_503"] == 1  # answered, quickly: not an error
     assert figures["metrics"]["share_304"] == round(2 / 3, 3)
-    assert figures["sources"]["requests"] == 1
+    assert figures["metrics"]["mean_200_bytes"] == 900 and figures["sources"]["mean_200_bytes"] == 1100

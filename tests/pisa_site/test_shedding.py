@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -81,10 +82,12 @@ def test_a_limit_of_zero_never_sheds():
     assert call(shedding.shed_when_queued_too_long(django), "/api/v1/metrics/", waited=30.0)[0] == "200 OK"
 
 
-def procfile_web_command() -> list[str]:
+def procfile_web_command(port: int) -> list[str]:
+    """The Procfile's web line with one process of one thread on `port`, other variables at their defaults."""
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    return shlex.split(line.partition(":")[2].replace("$PORT", "{port}").replace("${WEB_WORKERS:-2}", "1")
-                       .replace("${WEB_THREADS:-8}", "1"))
+    line = line.partition(":")[2].replace("$PORT", str(port)).replace("${WEB_WORKERS:-2}", "1")
+    line = line.replace("${WEB_THREADS:-8}", "1")
+    return shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line))
 
 
 def get(port: int, path: str) -> tuple[int, str | None, bytes]:
@@ -100,7 +103,7 @@ def get(port: int, path: str) -> tuple[int, str | None, bytes]:
 @pytest.mark.django_db(transaction=True)
 def test_the_procfiles_web_server_sheds_a_flood_quickly_and_keeps_answering_health(tmp_path):
     port = free_port()
-    command = [part.format(port=port) for part in procfile_web_command()]
+    command = procfile_web_command(port)
     assert "pisa_site.shedding.SheddingThreadWorker" in command
     bin_dir = os.path.dirname(os.sys.executable)
     log_path = tmp_path / "web.log"
