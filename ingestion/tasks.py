@@ -104,10 +104,10 @@ def sync_source(self, source_id: int, code: str = "", queued_at: float | None = 
         result = source_sync(source_id=source_id, heartbeat=lock.extend, budget_seconds=SYNC_BUDGET_SECONDS)
         # Rows the watcher saw committed meanwhile are read at once, by the worker that holds the source, instead
         # of going back through the queue (behind the other sources' syncs): a busy source is read back to back.
-        while (not result.error and not result.truncated and time.monotonic() - started < SYNC_BUDGET_SECONDS
-               and follow_up_take(name)):
-            result = result.followed_by(source_sync(source_id=source_id, heartbeat=lock.extend,
-                                                    budget_seconds=SYNC_BUDGET_SECONDS))
+        while (not result.error and not result.truncated
+               and (left := SYNC_BUDGET_SECONDS - (time.monotonic() - started)) > 0 and follow_up_take(name)):
+            # What is left of the budget, not a new one: the soft time limit bounds the whole task.
+            result = result.followed_by(source_sync(source_id=source_id, heartbeat=lock.extend, budget_seconds=left))
     if follow_up_take(name):  # asked between the last look and the release, or the budget is spent: queue it
         source = Source.objects.only("poll_interval_seconds").get(pk=source_id)
         _sync_queue(source_id, code, source.poll_interval_seconds)

@@ -88,7 +88,6 @@ def shed_when_queued_too_long(application):
         if origin and origin in allowed_origins:  # as django-cors-headers would: a cross-origin page reads the 503
             headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         start_response("503 Service Unavailable", headers)
-        _waits.seconds = 0.0  # a keep-alive connection's next request is judged by its own wait
         return [BODY]
 
     return shedding_application
