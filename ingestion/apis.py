@@ -27,6 +27,7 @@ from ingestion.selectors import (quarantined_row_get, quarantined_row_list, sour
 from ingestion.services import SourceNotFoundError
 from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
                            StaffApi, cached_json, fast_path, method_not_allowed, query_check)
+from pisa_site.compression import gzip_once, weak
 from pisa_site.errors import BadInput
 from pisa_site.errors import NotFound as DomainNotFound
 from pisa_site.etags import strong_etag
@@ -87,6 +88,12 @@ _rendered: ProcessSnapshot[RenderedStatuses] = ProcessSnapshot(
 
 def rendered_statuses_forget() -> None:
     _rendered.forget()
+
+
+def statuses_pushed(_countries, _fresh) -> tuple[str, bytes]:
+    """What the change stream pushes to every viewer (pisa_site/stream.py): the ETag and gzip of GET /sources/."""
+    rendered = rendered_statuses()
+    return weak(rendered.etag), gzip_once(rendered.etag, rendered.body)
 
 
 def _statuses(request):

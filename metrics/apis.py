@@ -90,10 +90,13 @@ class MetricsStreamApi(PublicApi):
         operation_id="v1_stream",
         parameters=[countries_parameter("The countries whose changes to announce; absent or empty: every country.")],
         responses={(200, "text/event-stream"): OpenApiResponse({"type": "string"}, description=(
-                       "Server-sent events (docs/scaling.md, 'The stream'): `ready` once, then `metrics` "
-                       "`{\"countries\": [...]}` within milliseconds of a change to those countries' documents (GET "
-                       "the metrics URL to see it), `resync` after a gap in which changes may have been missed (GET "
-                       "again), and `heartbeat` every 5 s on a quiet stream")),
+                       "Server-sent events (docs/scaling.md, 'The stream'): `ready` once; then `metrics` "
+                       "`{\"countries\": [...], \"etag\": ..., \"gzip\": ...}` within milliseconds of a change to "
+                       "those countries' documents, `gzip` being the base64 gzip of the metrics URL's answer for them "
+                       "and `etag` its ETag (absent when it could not be built: GET the metrics URL); `sources` "
+                       "`{\"etag\": ..., \"gzip\": ...}` (GET /api/v1/sources/'s answer) every 2 s when it changed; "
+                       "`resync` after a gap in which changes may have been missed (GET again); and `heartbeat` "
+                       "every 5 s on a quiet stream")),
                    400: BAD_REQUEST,
                    404: OpenApiResponse(ErrorSerializer, description=(
                        "Asked of the WSGI server: the stream has its own server (STREAM_PORT or STREAM_URL)")),

@@ -7,5 +7,8 @@ class MetricsConfig(AppConfig):
     def ready(self) -> None:
         from ingestion.warehouse import country_changed
         from metrics.scheduling import country_changed_received
+        from metrics.selectors import metrics_pushed
+        from pisa_site import stream
 
         country_changed.connect(country_changed_received, dispatch_uid="metrics.refresh")
+        stream.push_register(stream.METRICS, metrics_pushed)

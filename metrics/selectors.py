@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from metrics import cache, tables
 from pisa_site.api import query_check
+from pisa_site.compression import gzip_once, weak
 from pisa_site.errors import BadInput
 from metrics.distribution import DISTRIBUTION_NOTE, variable_position
 from metrics.analysis.engine import analysis_document
@@ -143,6 +144,18 @@ def metrics_document(countries: Sequence[str]) -> dict:
 
 def metrics_view(countries: Sequence[str], etag: str) -> bytes:
     return cache.view_bytes(etag, lambda: metrics_document(countries))
+
+
+def metrics_pushed(countries: Sequence[str], fresh: bool) -> tuple[str, bytes]:
+    """What the change stream pushes to a viewer of `countries` (pisa_site/stream.py; empty: every country): the
+    ETag and the gzip of the metrics URL's answer for them, the very bytes and cache entries a GET gets. `fresh`:
+    a change was just heard, so this process's snapshot of the versions may predate it."""
+    if fresh:
+        cache.versions_forget()
+    joined = ",".join(countries)
+    codes, etag = view_lookup("metrics", f"countries={joined}" if joined else "", lambda: joined or None,
+                              with_labels=True)
+    return weak(etag), gzip_once(etag, metrics_view(codes, etag))
 
 
 FIGURE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_:]+)*$")

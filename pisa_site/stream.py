@@ -8,8 +8,13 @@ told of it always finds it. Each web process holds one subscription, whatever it
 an asyncio task waiting on an Event, not a Redis connection. A viewer's pending changes coalesce into a set of
 countries, so a slow viewer gets one event naming all that changed, never a backlog.
 
-The event says what changed, not the new document: the documents mix countries (the average of those shown), and
-the client's GET of its metrics URL is served from the bytes cached per ETag, gzipped once (pisa_site/compression).
+An event carries the new document, so the viewer needs no request to see it. The apps register what they push
+(`push_register`, from their AppConfig.ready): the metrics a viewer's countries show (their document mixes those
+countries: the average of those shown), built once per process for every viewer of the same countries after each
+change heard; and the sources' status, the same for every viewer, looked at every SOURCES_PUSH_SECONDS and pushed
+when it changed. Each goes as its ETag and its gzip (made once per ETag, pisa_site/compression) in base64: the
+browser unpacks it with DecompressionStream. When a build fails, the event still goes out without the document and
+the client GETs it.
 
 When Redis goes away the hub reconnects with backoff and, once back, tells every viewer to `resync` (changes made
 meanwhile were not heard). A quiet stream carries a `heartbeat` event every HEARTBEAT_SECONDS, so a dead client is
@@ -20,13 +25,16 @@ dashboard then polls, as it does whenever the stream cannot be opened or breaks.
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import redis
 import redis.asyncio
 from django.conf import settings
+from django.db import close_old_connections
 
 from pisa_site.cache import redis_client
 
@@ -41,7 +49,24 @@ HEARTBEAT_SECONDS = 5.0
 RECONNECT_SECONDS = (0.05, 2.0)  # first and longest wait before the hub tries Redis again
 # How long the browser waits before reopening a stream that closed (the SSE `retry:` field).
 CLIENT_RETRY_MS = 1000
-METRICS, RESYNC, HEARTBEAT = "metrics", "resync", "heartbeat"
+# The sources' status changes with every sync; the pipeline panel is read by people, so this often is live enough.
+SOURCES_PUSH_SECONDS = 2.0
+METRICS, SOURCES, RESYNC, HEARTBEAT = "metrics", "sources", "resync", "heartbeat"
+
+# A topic's push: (etag, gzipped body) of what a viewer of `countries` (empty: every country) sees now; `fresh`: the
+# first build since a change was heard (re-read what a process snapshot may still hold). None: nothing to push.
+PushBuild = Callable[[Sequence[str], bool], "tuple[str, bytes] | None"]
+_pushes: dict[str, PushBuild] = {}
+
+
+def push_register(topic: str, build: PushBuild) -> None:
+    """Let events of `topic` carry its document (METRICS: per viewer's countries; SOURCES: the same for everyone)."""
+    _pushes[topic] = build
+
+
+def _pushed(etag: str, gzipped: bytes) -> bytes:
+    """The JSON members an event carries for a pushed document, serialized once for every viewer it goes to."""
+    return (',"etag":' + json.dumps(etag) + ',"gzip":"').encode() + base64.b64encode(gzipped) + b'"'
 
 
 def change_announce(*, topic: str, country: str | None = None, pipe=None) -> None:
@@ -54,10 +79,12 @@ def change_announce(*, topic: str, country: str | None = None, pipe=None) -> Non
 class Viewer:
     """One open stream: the countries it shows (None: all) and what changed since it was last written to."""
 
-    def __init__(self, countries: Iterable[str] | None):
+    def __init__(self, countries: Sequence[str] | None):
+        self.shown = tuple(countries or ())  # as asked: the order of the metrics URL's `?countries=`
         self.countries = frozenset(countries) if countries else None
         self.changed: set[str] = set()
         self.resync = False
+        self.sources: bytes | None = None  # the SOURCES event's members, when a new status is to be sent
         self.wake = asyncio.Event()
 
     def offer(self, country: str) -> None:
@@ -69,11 +96,15 @@ class Viewer:
         self.resync = True
         self.wake.set()
 
-    def take(self) -> tuple[bool, list[str]]:
-        resync, changed = self.resync, sorted(self.changed)
-        self.resync, self.changed = False, set()
+    def tell_sources(self, members: bytes) -> None:
+        self.sources = members
+        self.wake.set()
+
+    def take(self) -> tuple[bool, list[str], bytes | None]:
+        resync, changed, sources = self.resync, sorted(self.changed), self.sources
+        self.resync, self.changed, self.sources = False, set(), None
         self.wake.clear()
-        return resync, changed
+        return resync, changed, sources
 
 
 class ChangeHub:
@@ -85,6 +116,12 @@ class ChangeHub:
         self.viewers: set[Viewer] = set()
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task | None = None
+        self._sources_pusher: asyncio.Task | None = None
+        self._sources_last: bytes | None = None  # the last SOURCES members pushed: a new viewer starts with them
+        self.changes_heard = 0
+        # The metrics pushed since the last change heard: one build per set of countries shown, shared.
+        self._metrics_pushes: dict[tuple[str, ...], asyncio.Future] = {}
+        self._metrics_pushes_of = -1  # the changes_heard they were built after
 
     def full(self) -> bool:
         return len(self.viewers) >= settings.STREAM_MAX_VIEWERS
@@ -97,8 +134,13 @@ class ChangeHub:
         """Add a viewer once the subscription is up (a change published after this is heard); False if Redis does
         not answer within `timeout` (the viewer is not added)."""
         self.viewers.add(viewer)
+        if self._sources_last:
+            viewer.tell_sources(self._sources_last)
+        loop = asyncio.get_running_loop()
         if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+            self._listener = loop.create_task(self._listen())
+        if SOURCES in _pushes and (self._sources_pusher is None or self._sources_pusher.done()):
+            self._sources_pusher = loop.create_task(self._push_sources())
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)
             return True
@@ -116,8 +158,33 @@ class ChangeHub:
             logger.warning("stream: a message on %s that is not JSON: %r", self.channel, message[:100])
             return
         if change.get("topic") == METRICS and change.get("country"):
+            self.changes_heard += 1
             for viewer in self.viewers:
                 viewer.offer(change["country"])
+
+    async def metrics_pushed(self, shown: tuple[str, ...]) -> bytes:
+        """The METRICS event's members for a viewer of `shown` (b"" when not pushed): built by the first viewer of
+        those countries to ask since the last change heard, awaited by the others."""
+        build = _pushes.get(METRICS)
+        if build is None:
+            return b""
+        fresh = self._metrics_pushes_of != self.changes_heard
+        if fresh:
+            self._metrics_pushes, self._metrics_pushes_of = {}, self.changes_heard
+        pending = self._metrics_pushes.get(shown)
+        if pending is None:
+            pending = self._metrics_pushes[shown] = asyncio.ensure_future(_build_pushed(build, shown, fresh))
+        return await asyncio.shield(pending)
+
+    async def _push_sources(self) -> None:
+        build = _pushes[SOURCES]
+        while self.viewers:
+            members = await _build_pushed(build, (), True)
+            if members and members != self._sources_last:
+                self._sources_last = members
+                for viewer in self.viewers:
+                    viewer.tell_sources(members)
+            await asyncio.sleep(SOURCES_PUSH_SECONDS)
 
     async def _listen(self) -> None:
         delay, heard_before = RECONNECT_SECONDS[0], False
@@ -151,6 +218,25 @@ class ChangeHub:
                     pass
 
 
+# The builds use Django's ORM and the Redis client, which are synchronous: one thread of the process runs them, in
+# the order asked (a `fresh` build comes before the others of its change), on one database connection kept open.
+_builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-push")
+
+
+def _build_in_thread(build: PushBuild, shown: tuple[str, ...], fresh: bool):
+    close_old_connections()  # a connection the database dropped meanwhile is replaced, not failed on
+    return build(shown, fresh)
+
+
+async def _build_pushed(build: PushBuild, shown: tuple[str, ...], fresh: bool) -> bytes:
+    try:
+        built = await asyncio.get_running_loop().run_in_executor(_builder, _build_in_thread, build, shown, fresh)
+    except Exception:  # the event still goes out, without its document: the client GETs it
+        logger.exception("stream: could not build the pushed document of %s", shown or "every country")
+        return b""
+    return _pushed(*built) if built else b""
+
+
 _hubs: dict[asyncio.AbstractEventLoop, ChangeHub] = {}
 
 
@@ -165,8 +251,11 @@ def change_hub() -> ChangeHub:
     return hub
 
 
-def _event(name: str, data: dict) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def _event(name: str, data: dict, pushed: bytes = b"") -> bytes:
+    encoded = json.dumps(data, separators=(",", ":")).encode()
+    if pushed:  # its members go inside the object: after the others, or alone
+        encoded = encoded[:-1] + (pushed if data else pushed[1:]) + b"}"
+    return b"event: " + name.encode() + b"\ndata: " + encoded + b"\n\n"
 
 
 async def viewer_events(hub: ChangeHub, viewer: Viewer) -> AsyncIterator[bytes]:
@@ -180,10 +269,12 @@ async def viewer_events(hub: ChangeHub, viewer: Viewer) -> AsyncIterator[bytes]:
             except TimeoutError:
                 yield _event(HEARTBEAT, {})
                 continue
-            resync, changed = viewer.take()
+            resync, changed, sources = viewer.take()
+            if sources:
+                yield _event(SOURCES, {}, sources)
             if resync:
                 yield _event(RESYNC, {})
             elif changed:
-                yield _event(METRICS, {"countries": changed})
+                yield _event(METRICS, {"countries": changed}, await hub.metrics_pushed(viewer.shown))
     finally:
         hub.leave(viewer)

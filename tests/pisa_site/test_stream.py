@@ -4,6 +4,8 @@ after Redis restart."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import http.client
 import json
 import os
@@ -14,6 +16,8 @@ import time
 
 import pytest
 
+from ingestion.pipeline import source_sync
+from metrics.services import country_metrics_refresh
 from pisa_site import stream
 from pisa_site.embedded import free_port
 from tests.conftest import ROOT, subprocess_env, wait_until
@@ -66,7 +70,7 @@ class EventReader:
         self.connection.request("GET", path)
         self.response = self.connection.getresponse()
 
-    def next_event(self, *, skip: tuple[str, ...] = (stream.HEARTBEAT,)) -> tuple[str, dict]:
+    def next_event(self, *, skip: tuple[str, ...] = (stream.HEARTBEAT, stream.SOURCES)) -> tuple[str, dict]:
         name, data = None, None
         while True:
             line = self.response.fp.readline().decode()
@@ -84,6 +88,12 @@ class EventReader:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def named(event: tuple[str, dict]) -> tuple[str, list[str]]:
+    """An event's name and the countries it says changed (without the document it may carry)."""
+    name, data = event
+    return name, data["countries"]
 
 
 def announce(redis_url: str, country: str) -> None:
@@ -130,13 +140,13 @@ def test_a_publish_reaches_the_viewers_of_that_country_within_moments_and_no_one
 
     started = time.monotonic()
     publish_document("ALB")
-    assert albania.next_event() == ("metrics", {"countries": ["ALB"]})
+    assert named(albania.next_event()) == ("metrics", ["ALB"])
     assert time.monotonic() - started < 1.0
-    assert everyone.next_event() == ("metrics", {"countries": ["ALB"]})
+    assert named(everyone.next_event()) == ("metrics", ["ALB"])
     publish_document("ARG")
     # Argentina's viewer hears of Argentina only: its first event is about ARG, not the earlier ALB.
-    assert argentina.next_event() == ("metrics", {"countries": ["ARG"]})
-    assert everyone.next_event() == ("metrics", {"countries": ["ARG"]})
+    assert named(argentina.next_event()) == ("metrics", ["ARG"])
+    assert named(everyone.next_event()) == ("metrics", ["ARG"])
 
 
 def test_a_quiet_stream_carries_heartbeats(server_on, own_redis, monkeypatch):
@@ -144,7 +154,7 @@ def test_a_quiet_stream_carries_heartbeats(server_on, own_redis, monkeypatch):
     viewer = server.open()
     assert viewer.next_event()[0] == "ready"
     viewer.connection.sock.settimeout(stream.HEARTBEAT_SECONDS + 3)
-    assert viewer.next_event(skip=()) == (stream.HEARTBEAT, {})
+    assert viewer.next_event(skip=(stream.SOURCES,)) == (stream.HEARTBEAT, {})
 
 
 def test_bad_countries_are_refused_as_the_metrics_url_refuses_them(server_on):
@@ -170,7 +180,7 @@ def test_after_the_server_restarts_a_new_stream_hears_changes_again(server_on, o
     again = server.open()
     assert again.next_event()[0] == "ready"
     announce(own_redis.url(0), "ALB")
-    assert again.next_event() == ("metrics", {"countries": ["ALB"]})
+    assert named(again.next_event()) == ("metrics", ["ALB"])
 
 
 def test_after_redis_restarts_each_viewer_is_told_to_resync_then_hears_changes_again(server_on, own_redis):
@@ -182,7 +192,7 @@ def test_after_redis_restarts_each_viewer_is_told_to_resync_then_hears_changes_a
     viewer.connection.sock.settimeout(stream.RECONNECT_SECONDS[1] * 3 + EVENT_SECONDS)
     assert viewer.next_event() == (stream.RESYNC, {})
     announce(own_redis.url(0), "ALB")
-    assert viewer.next_event() == ("metrics", {"countries": ["ALB"]})
+    assert named(viewer.next_event()) == ("metrics", ["ALB"])
 
 
 def test_a_process_beyond_its_most_viewers_answers_503_with_retry_after(server_on, own_redis):
@@ -211,4 +221,79 @@ def test_a_change_in_another_redis_database_on_the_same_server_is_not_heard(serv
     assert viewer.next_event()[0] == "ready"
     announce(own_redis.url(1), "ARG")  # another deployment's change
     announce(own_redis.url(0), "ALB")
-    assert viewer.next_event() == ("metrics", {"countries": ["ALB"]})
+    assert named(viewer.next_event()) == ("metrics", ["ALB"])
+
+
+def unpacked(data: dict) -> bytes:
+    return gzip.decompress(base64.b64decode(data["gzip"]))
+
+
+@pytest.fixture
+def albania_and_argentina(source_db):
+    sources = {}
+    for code, n in (("ALB", 40), ("ARG", 30)):
+        sources[code] = source = source_db(code)
+        source.insert_students(n)
+        source_sync(source_id=source.source.pk)
+        country_metrics_refresh(country=code)
+    return sources
+
+
+def test_a_change_event_carries_the_metrics_answer_its_viewer_would_get(server_on, albania_and_argentina, client):
+    """The event's document is the metrics URL's answer for the viewer's countries, byte for byte, with its ETag:
+    the dashboard draws it without asking."""
+    from django.conf import settings
+
+    server = server_on(settings.REDIS_URL)
+    both, everyone = server.open("?countries=ARG,ALB"), server.open()
+    assert both.next_event()[0] == everyone.next_event()[0] == "ready"
+    albania_and_argentina["ALB"].insert_students(5)
+    source_sync(source_id=albania_and_argentina["ALB"].source.pk)
+    country_metrics_refresh(country="ALB")
+
+    for viewer, url in ((both, "/api/v1/metrics/?countries=ARG,ALB"), (everyone, "/api/v1/metrics/")):
+        name, data = viewer.next_event(skip=(stream.HEARTBEAT, stream.SOURCES))
+        assert (name, data["countries"]) == ("metrics", ["ALB"])
+        answer = client.get(url)
+        assert unpacked(data) == answer.content
+        assert data["etag"] == f"W/{answer['ETag']}"
+        assert json.loads(unpacked(data))["countries"] == (["ARG", "ALB"] if "ARG,ALB" in url else ["ALB", "ARG"])
+        assert client.get(url, HTTP_IF_NONE_MATCH=data["etag"]).status_code == 304
+
+
+def without_ages(statuses: list[dict]) -> list[dict]:
+    """Source statuses without the figure that grows with the clock (the age of the newest row loaded)."""
+    return [{key: value for key, value in status.items() if key != "idle_seconds"} for status in statuses]
+
+
+def test_every_viewer_is_pushed_the_sources_status_when_it_changes(server_on, albania_and_argentina, client):
+    from django.conf import settings
+
+    server = server_on(settings.REDIS_URL)
+    viewer = server.open("?countries=ARG")
+    assert viewer.next_event()[0] == "ready"
+    name, first = viewer.next_event(skip=(stream.HEARTBEAT,))
+    assert name == stream.SOURCES
+    assert without_ages(json.loads(unpacked(first))) == without_ages(client.get("/api/v1/sources/").json())
+
+    albania_and_argentina["ALB"].insert_students(3)
+    source_sync(source_id=albania_and_argentina["ALB"].source.pk)  # ALB's figures change, not ARG's
+    viewer.connection.sock.settimeout(stream.SOURCES_PUSH_SECONDS * 2 + EVENT_SECONDS)
+    alb = {}
+    while alb.get("rows_loaded") != 43:
+        name, pushed = viewer.next_event(skip=(stream.HEARTBEAT,))
+        assert name == stream.SOURCES and pushed["etag"] != first["etag"]
+        alb = next(source for source in json.loads(unpacked(pushed)) if source["code"] == "ALB")
+
+
+def test_an_event_whose_document_cannot_be_built_still_goes_out_to_be_fetched(server_on):
+    """A document the metrics cannot assemble (here: not a country document) costs the push, not the event."""
+    from django.conf import settings
+
+    publish_document("ALB")
+    server = server_on(settings.REDIS_URL)
+    viewer = server.open("?countries=ALB")
+    assert viewer.next_event()[0] == "ready"
+    publish_document("ALB")
+    assert viewer.next_event(skip=(stream.HEARTBEAT, stream.SOURCES)) == ("metrics", {"countries": ["ALB"]})
+    assert "could not build the pushed document" in server.log()

@@ -32,9 +32,11 @@ export function metricsUrl() {
 export async function pollMetrics() {
   const url = metricsUrl();
   const etag = url === state.metricsQuery ? state.metricsEtag : null;
+  const pushes = state.metricsPushes;
   const answer = await getJson(url, etag);
   state.lastContactAt = Date.now();
-  if (answer.status === 304 || url !== metricsUrl()) return; // unchanged, or an answer for a former selection
+  // Unchanged, an answer for a former selection, or overtaken by a push (js/stream.js) received meanwhile.
+  if (answer.status === 304 || url !== metricsUrl() || pushes !== state.metricsPushes) return;
   if (answer.status === 400) {
     // A shared link with a code the API does not know: say so, and show every country instead.
     state.apiError = answer.body && answer.body.error ? answer.body.error : "the API refused the country list";
@@ -44,8 +46,13 @@ export async function pollMetrics() {
     return;
   }
   if (answer.status !== 200 || !answer.body) throw new Error(`metrics API answered ${answer.status}`);
-  state.metrics = answer.body;
-  state.metricsEtag = answer.etag;
+  metricsApply(url, answer.body, answer.etag);
+}
+
+// The metrics of `url` (its answer, or the stream's push of the same bytes) drawn.
+export function metricsApply(url, body, etag) {
+  state.metrics = body;
+  state.metricsEtag = etag;
   state.metricsQuery = url;
   state.lastChangeAt = Date.now();
   renderMetrics();
@@ -55,8 +62,12 @@ export async function pollSources() {
   const answer = await getJson(CONFIG.urls.sources, state.sourcesEtag);
   if (answer.status === 304) return;
   if (answer.status !== 200 || !answer.body) throw new Error(`sources API answered ${answer.status}`);
-  state.sources = Array.isArray(answer.body) ? answer.body : answer.body.results || [];
-  state.sourcesEtag = answer.etag;
+  sourcesApply(answer.body, answer.etag);
+}
+
+export function sourcesApply(body, etag) {
+  state.sources = Array.isArray(body) ? body : body.results || [];
+  state.sourcesEtag = etag;
   renderPipeline();
 }
 

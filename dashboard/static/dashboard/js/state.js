@@ -30,6 +30,7 @@ export const state = {
   metrics: null,
   metricsEtag: null,
   metricsQuery: null,
+  metricsPushes: 0, // metrics pushed by the stream: a poll answered after a push is older than it, not drawn
   sources: null,
   sourcesEtag: null,
   sourcesError: null,

@@ -1,9 +1,10 @@
-// Push (docs/scaling.md): the API's change stream tells the page within milliseconds that the metrics it shows
-// changed, and the page fetches them at once instead of waiting for its next poll. While the stream is up the poll
+// Push (docs/scaling.md): the API's change stream brings the page, within milliseconds of a change, the new metrics
+// it shows (and every 2 s the sources' status when it changed), as the ETag and gzip of the very answer a GET would
+// get; an event without them (the server could not build it) is fetched instead. While the stream is up the poll
 // slows to a safety net; when the stream cannot be opened, goes quiet or breaks (a proxy that buffers, a 503), the
 // page polls every second again and tries the stream later.
 import { CONFIG, state } from "./state.js";
-import { metricsUrl, pollMetrics } from "./polling.js";
+import { metricsApply, metricsUrl, pollMetrics, sourcesApply } from "./polling.js";
 
 // No event (not even the 5 s heartbeat) for this long: the stream is taken for broken.
 const QUIET_MS = 12000;
@@ -20,6 +21,38 @@ let watchdog = null;
 let failures = 0;
 let fetching = null;
 let fetchAgain = false;
+let unpacked = 0; // pushes unpacked so far: one overtaken by a later one while unpacking is dropped
+
+// A pushed document: base64 of its gzip, unpacked by the browser.
+async function unpack(base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const inflated = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Response(inflated).json();
+}
+
+async function pushedMetrics(event) {
+  const data = JSON.parse(event.data);
+  if (!data.gzip) return fetchChanged();
+  const url = metricsUrl();
+  const mine = (unpacked += 1);
+  try {
+    const body = await unpack(data.gzip);
+    if (mine !== unpacked || url !== metricsUrl()) return; // a later push came, or the selection changed
+    state.metricsPushes += 1;
+    metricsApply(url, body, data.etag);
+  } catch (error) {
+    fetchChanged();
+  }
+}
+
+async function pushedSources(event) {
+  const data = JSON.parse(event.data);
+  try {
+    sourcesApply(await unpack(data.gzip), data.etag);
+  } catch (error) {
+    // the safety poll reads them
+  }
+}
 
 function streamUrl() {
   const query = state.selected.length ? `?countries=${state.selected.join(",")}` : "";
@@ -71,7 +104,7 @@ async function fetchChanged() {
 }
 
 export function openStream() {
-  if (!CONFIG.urls.stream || typeof EventSource === "undefined") return;
+  if (!CONFIG.urls.stream || typeof EventSource === "undefined" || typeof DecompressionStream === "undefined") return;
   if (source) source.close();
   const opened = new EventSource(streamUrl());
   source = opened;
@@ -85,9 +118,13 @@ export function openStream() {
     pollMetrics().catch(() => {}); // whatever changed before the stream was heard
   });
   opened.addEventListener("heartbeat", alive);
-  opened.addEventListener("metrics", () => {
+  opened.addEventListener("metrics", (event) => {
     alive();
-    fetchChanged();
+    pushedMetrics(event);
+  });
+  opened.addEventListener("sources", (event) => {
+    alive();
+    pushedSources(event);
   });
   opened.addEventListener("resync", () => {
     alive();
