@@ -325,10 +325,15 @@ class FreshnessObserver:
 
         self.stack = stack
         self.cursor = connection.cursor()
-        self.cursor.execute("SELECT s.id, (SELECT coalesce(max(source_row_id), 0) FROM ingestion_student "
-                            "WHERE source_id = s.id) FROM ingestion_source s")
-        self.last_row_by_source: dict[int, int] = dict(self.cursor.fetchall())
-        self.base_counts = settled_counts or stack.api_counts(patience=STARTUP_TIMEOUT_SECONDS)
+        # One statement, so that the rows already loaded and the newest of them are of one moment. A row counts as
+        # served once its country's count in the API reaches the rows loaded then plus its rank: asking the API
+        # for its counts instead would be shed in a flood, and would lag the warehouse by a refresh.
+        self.cursor.execute("SELECT s.id, s.code, coalesce(st.rows_loaded, 0), (SELECT coalesce(max(source_row_id), 0) "
+                            "FROM ingestion_student WHERE source_id = s.id) FROM ingestion_source s "
+                            "LEFT JOIN ingestion_sourcestate st ON st.source_id = s.id")
+        rows = self.cursor.fetchall()
+        self.last_row_by_source: dict[int, int] = {source: newest for source, _, _, newest in rows}
+        self.base_counts = settled_counts or {code: loaded for _, code, loaded, _ in rows}
         self.started_at = time.time()
         self.created_until = float("inf")  # rows created later are not counted (a benchmark's window ended)
         self.warehouse_delays: list[float] = []

@@ -94,7 +94,7 @@ class MetricsStreamApi(PublicApi):
                        "`{\"countries\": [...], \"etag\": ..., \"gzip\": ...}` within milliseconds of a change to "
                        "those countries' documents, `gzip` being the base64 gzip of the metrics URL's answer for them "
                        "and `etag` its ETag (absent when it could not be built: GET the metrics URL); `sources` "
-                       "`{\"etag\": ..., \"gzip\": ...}` (GET /api/v1/sources/'s answer) every 2 s when it changed; "
+                       "`{\"etag\": ..., \"gzip\": ...}` (GET /api/v1/sources/'s answer) every 5 s when it changed; "
                        "`resync` after a gap in which changes may have been missed (GET again); and `heartbeat` "
                        "every 5 s on a quiet stream")),
                    400: BAD_REQUEST,

@@ -1,5 +1,5 @@
 // Push (docs/scaling.md): the API's change stream brings the page, within milliseconds of a change, the new metrics
-// it shows (and every 2 s the sources' status when it changed), as the ETag and gzip of the very answer a GET would
+// it shows (and every 5 s the sources' status when it changed), as the ETag and gzip of the very answer a GET would
 // get; an event without them (the server could not build it) is fetched instead. While the stream is up the poll
 // slows to a safety net; when the stream cannot be opened, goes quiet or breaks (a proxy that buffers, a 503), the
 // page polls every second again and tries the stream later.
