@@ -29,6 +29,7 @@ import base64
 import concurrent.futures
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import redis
@@ -180,7 +181,7 @@ class ChangeHub:
     async def _push_sources(self) -> None:
         build = _pushes[SOURCES]
         while self.viewers:
-            members = await _build_pushed(build, (), True)
+            members = await _build_pushed(build, (), True, waits=False)
             if members and members != self._sources_last:
                 self._sources_last = members
                 for viewer in self.viewers:
@@ -222,16 +223,26 @@ class ChangeHub:
 # The builds use Django's ORM and the Redis client, which are synchronous: one thread of the process runs them, in
 # the order asked (a `fresh` build comes before the others of its change), on one database connection kept open.
 _builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-push")
+# Viewers each on their own mix of countries cost one build each per change: beyond what the thread keeps up with,
+# a build still waiting after this long is not made and its viewer GETs the document from the web tier, which
+# spreads over its processes and sheds when it must (bench.pixel beside 2,000 such viewers: 3 to 9 s without it).
+PUSH_BUILD_MAX_WAIT_SECONDS = 0.1
 
 
-def _build_in_thread(build: PushBuild, shown: tuple[str, ...], fresh: bool):
+def _build_in_thread(build: PushBuild, shown: tuple[str, ...], fresh: bool, asked_at: float | None):
+    if asked_at is not None and time.monotonic() - asked_at > PUSH_BUILD_MAX_WAIT_SECONDS:
+        return None  # the builds are behind: this event goes without its document, and its viewers GET it
     close_old_connections()  # a connection the database dropped meanwhile is replaced, not failed on
     return build(shown, fresh)
 
 
-async def _build_pushed(build: PushBuild, shown: tuple[str, ...], fresh: bool) -> bytes:
+async def _build_pushed(build: PushBuild, shown: tuple[str, ...], fresh: bool, *, waits: bool = True) -> bytes:
+    """The event members of `build`'s document for `shown`; b"" when it fails or, when it `waits` for the builds
+    before it, could not start within PUSH_BUILD_MAX_WAIT_SECONDS."""
+    asked_at = time.monotonic() if waits else None
     try:
-        built = await asyncio.get_running_loop().run_in_executor(_builder, _build_in_thread, build, shown, fresh)
+        built = await asyncio.get_running_loop().run_in_executor(_builder, _build_in_thread, build, shown, fresh,
+                                                                 asked_at)
     except Exception:  # the event still goes out, without its document: the client GETs it
         logger.exception("stream: could not build the pushed document of %s", shown or "every country")
         return b""

@@ -297,3 +297,24 @@ def test_an_event_whose_document_cannot_be_built_still_goes_out_to_be_fetched(se
     publish_document("ALB")
     assert viewer.next_event(skip=(stream.HEARTBEAT, stream.SOURCES)) == ("metrics", {"countries": ["ALB"]})
     assert "could not build the pushed document" in server.log()
+
+
+def test_a_build_that_cannot_start_in_time_is_skipped_and_its_viewers_fetch(monkeypatch):
+    """Viewers each on their own mix of countries cost a build each: when the builds fall behind, an event goes
+    without its document (the viewer GETs it from the web tier) rather than late."""
+    import asyncio
+
+    def slow_build(countries, fresh):
+        time.sleep(stream.PUSH_BUILD_MAX_WAIT_SECONDS * 3)
+        return 'W/"e"', gzip.compress(json.dumps({"countries": list(countries)}).encode())
+
+    monkeypatch.setattr(stream, "_pushes", {stream.METRICS: slow_build})
+    hub = stream.ChangeHub("redis://127.0.0.1:1/0")  # never connected: only its builds are used here
+
+    async def two_mixes():
+        return await asyncio.gather(hub.metrics_pushed(("ALB",)), hub.metrics_pushed(("ARG",)),
+                                    hub.metrics_pushed(("ALB",)))
+
+    albania, argentina, albania_again = asyncio.run(two_mixes())
+    assert b'"gzip":' in albania and albania == albania_again  # one build, shared by the viewers of one mix
+    assert argentina == b""  # waited behind Albania's build for longer than the bound
