@@ -15,7 +15,7 @@ with `Accept-Encoding: gzip` as a browser does:
 - a *streamer* does what js/stream.js does: it holds GET /api/v1/stream/?countries=<its 2 to 5>, takes the
   metrics and the sources' status the events carry (it does not unpack them: the browser's cost, not the server's),
   fetches its metrics URL on an event without its document or on `resync` (one fetch at a time, once more if events
-  came meanwhile, again after 150 ms on a 304 up to 3 times), and every 20 s polls the metrics and the sources as a
+  came meanwhile, again after 150 ms on a 304 up to 3 times), and every 5 s polls the metrics and the sources as a
   safety net.
 
 Phases, each of `--seconds` with the freshness observer running (bench/stack.py):
@@ -52,7 +52,7 @@ STREAMS, POLLERS, BASELINE_POLLERS, FLOOD_FACTOR = 2000, 500, 5, 10
 QUICK_STREAMS, QUICK_POLLERS = 300, 100
 CLIENT_PROCESSES = 2
 # From the dashboard's JS: CONFIG.pollSeconds, streamingPollSeconds, REQUEST_TIMEOUT_MS, AFTER_304_MS/TRIES.
-POLL_SECONDS, STREAMING_POLL_SECONDS = 1.0, 20.0
+POLL_SECONDS, STREAMING_POLL_SECONDS = 1.0, 5.0
 REQUEST_TIMEOUT_SECONDS = 2.5
 AFTER_304_SECONDS, AFTER_304_TRIES = 0.15, 3
 COUNTRIES_PER_VIEWER = (2, 5)
@@ -190,7 +190,7 @@ class Poller(Viewer):
 
 class Streamer(Viewer):
     """js/stream.js: the stream open, its pushed documents taken, a fetch on an event without one, a safety poll
-    every 20 s."""
+    every 5 s."""
 
     def __init__(self, *args, stream_port: int) -> None:
         super().__init__(*args)

@@ -12,8 +12,8 @@ from dashboard.selectors import MAP_POINTS, country_map_codes
 
 POLL_SECONDS = 1
 # With the change stream up (it pushes the metrics and the sources' status), the page still polls this often: a
-# safety net. Under the 30 s after which a source not synced makes the page say its data may be stale.
-STREAMING_POLL_SECONDS = 20
+# safety net, and how soon the page notices the API is gone while the stream server still answers.
+STREAMING_POLL_SECONDS = 5
 # No answer from the API for this long: the page says it is unreachable (one missed poll is not an outage).
 UNREACHABLE_AFTER_SECONDS = 3
 # A source with no successful sync for this long (they run every second) makes the page say its data may be stale.

@@ -136,7 +136,7 @@ def test_with_the_stream_a_new_row_is_pushed_drawn_without_a_request(page, live_
     page.wait_for_timeout(1000)
     quiet_since = time.monotonic()
     page.wait_for_timeout(4000)
-    # The poll is a safety net every 20 s while the stream is up: at most one in a quiet 4 s.
+    # The poll is a safety net every 5 s while the stream is up: at most one in a quiet 4 s.
     assert len([t for t in metrics_requests if t >= quiet_since]) <= 1, metrics_requests
     # The metrics URL is now out of reach: what the page shows next came on the stream.
     page.route("**/api/v1/metrics/**", lambda route: route.abort())
