@@ -17,17 +17,6 @@ POLLED = ["/api/v1/metrics/?countries=ALB,ARG", "/api/v1/metrics/", "/api/v1/sou
           "/api/v1/metrics/?countries=ALB,ARG&format=csv"]
 
 
-@pytest.fixture
-def two_countries(source_db):
-    sources = {}
-    for code, n in (("ALB", 40), ("ARG", 30)):
-        sources[code] = source = source_db(code)
-        source.insert_students(n)
-        source_sync(source_id=source.source.pk)
-        country_metrics_refresh(country=code)
-    return sources
-
-
 @pytest.mark.parametrize("url", POLLED)
 def test_a_gzipped_answer_decodes_to_the_same_bytes_as_the_plain_one(client, two_countries, url):
     plain = client.get(url)

@@ -228,18 +228,7 @@ def unpacked(data: dict) -> bytes:
     return gzip.decompress(base64.b64decode(data["gzip"]))
 
 
-@pytest.fixture
-def albania_and_argentina(source_db):
-    sources = {}
-    for code, n in (("ALB", 40), ("ARG", 30)):
-        sources[code] = source = source_db(code)
-        source.insert_students(n)
-        source_sync(source_id=source.source.pk)
-        country_metrics_refresh(country=code)
-    return sources
-
-
-def test_a_change_event_carries_the_metrics_answer_its_viewer_would_get(server_on, albania_and_argentina, client):
+def test_a_change_event_carries_the_metrics_answer_its_viewer_would_get(server_on, two_countries, client):
     """The event's document is the metrics URL's answer for the viewer's countries, byte for byte, with its ETag:
     the dashboard draws it without asking."""
     from django.conf import settings
@@ -247,8 +236,8 @@ def test_a_change_event_carries_the_metrics_answer_its_viewer_would_get(server_o
     server = server_on(settings.REDIS_URL)
     both, everyone = server.open("?countries=ARG,ALB"), server.open()
     assert both.next_event()[0] == everyone.next_event()[0] == "ready"
-    albania_and_argentina["ALB"].insert_students(5)
-    source_sync(source_id=albania_and_argentina["ALB"].source.pk)
+    two_countries["ALB"].insert_students(5)
+    source_sync(source_id=two_countries["ALB"].source.pk)
     country_metrics_refresh(country="ALB")
 
     for viewer, url in ((both, "/api/v1/metrics/?countries=ARG,ALB"), (everyone, "/api/v1/metrics/")):
@@ -266,7 +255,7 @@ def without_ages(statuses: list[dict]) -> list[dict]:
     return [{key: value for key, value in status.items() if key != "idle_seconds"} for status in statuses]
 
 
-def test_every_viewer_is_pushed_the_sources_status_when_it_changes(server_on, albania_and_argentina, client):
+def test_every_viewer_is_pushed_the_sources_status_when_it_changes(server_on, two_countries, client):
     from django.conf import settings
 
     server = server_on(settings.REDIS_URL)
@@ -276,8 +265,8 @@ def test_every_viewer_is_pushed_the_sources_status_when_it_changes(server_on, al
     assert name == stream.SOURCES
     assert without_ages(json.loads(unpacked(first))) == without_ages(client.get("/api/v1/sources/").json())
 
-    albania_and_argentina["ALB"].insert_students(3)
-    source_sync(source_id=albania_and_argentina["ALB"].source.pk)  # ALB's figures change, not ARG's
+    two_countries["ALB"].insert_students(3)
+    source_sync(source_id=two_countries["ALB"].source.pk)  # ALB's figures change, not ARG's
     viewer.connection.sock.settimeout(stream.SOURCES_PUSH_SECONDS * 2 + EVENT_SECONDS)
     alb = {}
     while alb.get("rows_loaded") != 43:
