@@ -24,7 +24,7 @@ from ingestion.warehouse import (COVARIATES, PACKED_COLUMNS, SCORE_DOMAINS, WEIG
                                  country_write_lock, pisa_variables)
 from metrics.analysis.request import AnalysisSpec
 from metrics.sufficient import N_PLAUSIBLE_VALUES
-from metrics.warehouse import _copy_floats
+from metrics.warehouse import _copy_floats, _copy_floats_and_packed
 
 # A raw field that is a number (the COPY text of a float or an integer); anything else ('NA', '\N', text) is NULL.
 _NUMBER = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
@@ -162,20 +162,36 @@ def _read(names: Sequence[str], domains: Sequence[str], table: str, where: str, 
                     expressions.append(name)
                     column[name] = len(expressions) - 1 - first
     head = params[:len(params) - where.count("%s")]
-    matrix = _copy_floats(expressions, f"FROM {table} {where}" + (" ORDER BY id" if with_changes else ""),
-                          [*head, *country_wide, *params[len(head):]], packed=packed)
-    typed_start = len(expressions) if packed else first
+    query = (expressions, f"FROM {table} {where}" + (" ORDER BY id" if with_changes else ""),
+             [*head, *country_wide, *params[len(head):]])
+    if packed:
+        fields_matrix, packed_values = _copy_floats_and_packed(*query)
+    else:
+        fields_matrix, packed_values = _copy_floats(*query), None
+
+    def block(indices: list[int], kind: str) -> np.ndarray:
+        """Columns as float64: typed ones of the packed fast path converted from the COPY's buffer (a contiguous
+        run in one pass), the others picked from the fields."""
+        if kind != "typed" or packed_values is None:
+            return fields_matrix[:, indices]
+        first = indices[0]
+        if indices == list(range(first, first + len(indices))):
+            return packed_values[:, first:first + len(indices)].astype(np.float64)
+        return packed_values[:, indices].astype(np.float64)
 
     def at(f: int, p: int, kind: str, name: str) -> int:
-        return sql_at[(f, p)] if kind == "sql" else typed_start + column[name]
+        return sql_at[(f, p)] if kind == "sql" else (0 if packed else first) + column[name]
 
-    weights = np.nan_to_num(matrix[:, [typed_start + column[w.lower()] for w in WEIGHTS]], copy=False)  # a fresh copy
+    weights = block([at(-1, 0, "typed", w.lower()) for w in WEIGHTS], "typed")
+    np.copyto(weights, 0.0, where=np.isnan(weights))  # a weight never set counts as no weight
     values = {}
     for f, (name, parts, variable) in enumerate(fields):
-        block = matrix[:, [at(f, p, kind, text) for p, (kind, text) in enumerate(parts)]]
-        values[name] = block if len(parts) > 1 else (block[:, 0] if variable is None else _decoded(block[:, 0], variable))
-    school_id = matrix[:, typed_start + column["cntschid"]]
+        kind = parts[0][0]  # a field's parts are all typed (a domain's PVs, a covariate) or one SQL expression
+        values_block = block([at(f, p, k, text) for p, (k, text) in enumerate(parts)], kind)
+        values[name] = values_block if len(parts) > 1 else (
+            values_block[:, 0] if variable is None else _decoded(values_block[:, 0], variable))
+    school_id = block([at(-1, 0, "typed", "cntschid")], "typed")[:, 0]
     data = CountryData(weights=weights, school_id=np.nan_to_num(school_id, nan=-1).astype(np.int64), values=values)
     if not with_changes:
-        return data, matrix[:, 0].astype(np.int64) if leading else np.empty(0, dtype=np.int64), np.empty(0)
-    return data, matrix[:, 0].astype(np.int64), matrix[:, 1]
+        return data, fields_matrix[:, 0].astype(np.int64) if leading else np.empty(0, dtype=np.int64), np.empty(0)
+    return data, fields_matrix[:, 0].astype(np.int64), fields_matrix[:, 1]
