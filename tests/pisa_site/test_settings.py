@@ -104,3 +104,12 @@ def test_under_ci_a_test_whose_shared_data_is_missing_fails_instead_of_skipping(
     failed = subprocess.run(run, cwd=ROOT, env=subprocess_env(CI="true"), capture_output=True, text=True)
     assert "1 skipped" in skipped.stdout, skipped.stdout[-500:]
     assert failed.returncode == 1 and "shared reference data not found" in failed.stdout, failed.stdout[-500:]
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("3", "3")])
+def test_each_process_multiplies_on_one_blas_thread_unless_told_otherwise(given, expected):
+    """Many worker processes share few cores: a BLAS thread per core in each of them would only spin."""
+    env = {} if given is None else {"OPENBLAS_NUM_THREADS": given}
+    result = load_settings("import pisa_site, os; print(os.environ['OPENBLAS_NUM_THREADS'])", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
