@@ -273,27 +273,38 @@ class AnalysisApi(PublicApi):
                                   "Being computed by the analysis worker: ask again after Retry-After seconds")),
                               304: NOT_MODIFIED, 400: BAD_REQUEST})
     def get(self, request):
-        form, query = request.GET.get("format", "json"), request.META.get("QUERY_STRING", "")
-        remembered = selectors.analysis_remembered(query, form)
-        if remembered is not None:
-            spec, entries, etag = remembered
-        else:
-            spec = selectors.analysis_parse(request.GET)
-            answer_format(request.GET)
-            entries, missing, due = selectors.analysis_lookup(spec)
-            if missing or due:
-                missing = services.analysis_entries_bring_up_to_date(spec=spec, entries=entries, missing=missing,
-                                                                     due=due)
-            if missing:
-                response = JsonResponse({"status": "computing", "key": spec.key,
-                                         "ready": sorted(entries), "computing": missing,
-                                         "retry_after_seconds": ANALYSIS_RETRY_AFTER_SECONDS}, status=202)
-                response["Retry-After"] = str(ANALYSIS_RETRY_AFTER_SECONDS)
-                response["Cache-Control"] = "no-store"
-                return response
-            etag = selectors.analysis_etag(spec, entries, form=form)
-            selectors.analysis_remember(query, form, spec, entries, etag)
-        if form == "csv":
-            return cached_csv(request, etag, lambda: selectors.analysis_csv_bytes(spec, entries, etag),
-                              filename=f"pisa-analysis-{spec.key}.csv")
-        return cached_json(request, etag, lambda: selectors.analysis_bytes(spec, entries, etag))
+        return _analyses(request)
+
+
+@fast_path(AnalysisApi)
+def analyses_fast(request):
+    if request.method != "GET":
+        return method_not_allowed()
+    return _analyses(request)
+
+
+def _analyses(request) -> HttpResponse:
+    form, query = request.GET.get("format", "json"), request.META.get("QUERY_STRING", "")
+    remembered = selectors.analysis_remembered(query, form)
+    if remembered is not None:
+        spec, entries, etag = remembered
+    else:
+        spec = selectors.analysis_parse(request.GET)
+        answer_format(request.GET)
+        entries, missing, due = selectors.analysis_lookup(spec)
+        if missing or due:
+            missing = services.analysis_entries_bring_up_to_date(spec=spec, entries=entries, missing=missing,
+                                                                 due=due)
+        if missing:
+            response = JsonResponse({"status": "computing", "key": spec.key,
+                                     "ready": sorted(entries), "computing": missing,
+                                     "retry_after_seconds": ANALYSIS_RETRY_AFTER_SECONDS}, status=202)
+            response["Retry-After"] = str(ANALYSIS_RETRY_AFTER_SECONDS)
+            response["Cache-Control"] = "no-store"
+            return response
+        etag = selectors.analysis_etag(spec, entries, form=form)
+        selectors.analysis_remember(query, form, spec, entries, etag)
+    if form == "csv":
+        return cached_csv(request, etag, lambda: selectors.analysis_csv_bytes(spec, entries, etag),
+                          filename=f"pisa-analysis-{spec.key}.csv")
+    return cached_json(request, etag, lambda: selectors.analysis_bytes(spec, entries, etag))
