@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ from pathlib import Path
 from pisa_site.home import pisa_home
 
 STARTUP_TIMEOUT_SECONDS = 30
+# A Unix socket's path must fit in sun_path (108 bytes on Linux, 104 on macOS); a longer one means TCP only.
+UNIX_SOCKET_PATH_MAX = 100
 # Broker and cache share the embedded Redis but not a database number, so flushing the cache never drops tasks.
 CACHE_REDIS_DB = 0
 BROKER_REDIS_DB = 1
@@ -107,6 +110,19 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """Where the server also listens on a Unix socket, when the socket's path is short enough."""
+        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
+        return self.data_dir if len(str(socket_path)) <= UNIX_SOCKET_PATH_MAX else None
+
+    def environment(self) -> dict[str, str]:
+        """DATABASE_URL, and DATABASE_SOCKET_DIR when the running server has its Unix socket (settings.py)."""
+        env = {"DATABASE_URL": self.url}
+        if self.socket_dir and (self.socket_dir / f".s.PGSQL.{self.port}").exists():
+            env["DATABASE_SOCKET_DIR"] = str(self.socket_dir)
+        return env
+
     def _run_as(self) -> dict:
         # PostgreSQL refuses to run as root; pgserver's helper creates an unprivileged system user for it.
         if os.geteuid() != 0:
@@ -155,7 +171,9 @@ class EmbeddedPostgres:
                 f"Port {port} (remembered in {self.home / 'postgres.port'}) is taken by another program; "
                 "stop it or delete that file to pick a new port."
             )
-        options = f"-h 127.0.0.1 -p {port} -k '' -c max_connections=200 -c fsync=on"
+        # TCP for every client (the sources' stored URLs among them), and a Unix socket the warehouse connections use.
+        socket_dir = shlex.quote(str(self.socket_dir)) if self.socket_dir else "''"
+        options = f"-h 127.0.0.1 -p {port} -k {socket_dir} -c max_connections=200 -c fsync=on"
         log_file = self.home / "postgres.log"
         if run_as:
             log_file.touch()
@@ -304,7 +322,7 @@ class EmbeddedServices:
             elif not quiet:
                 print(f"embedded {name}: already running on 127.0.0.1:{service.port}", file=sys.stderr)
         if need_postgres:
-            env["DATABASE_URL"] = self.postgres.url
+            env.update(self.postgres.environment())
         if need_redis:
             env["REDIS_URL"] = self.redis.url(CACHE_REDIS_DB)
             if not os.environ.get("CELERY_BROKER_URL"):
@@ -325,7 +343,7 @@ def environment_for_running_services(home: Path | None = None) -> dict[str, str]
     need_postgres, need_redis = services.needed()
     env: dict[str, str] = {}
     if need_postgres and services.postgres.is_running():
-        env["DATABASE_URL"] = services.postgres.url
+        env.update(services.postgres.environment())
     if need_redis and services.redis.is_running():
         env["REDIS_URL"] = services.redis.url(CACHE_REDIS_DB)
         if not os.environ.get("CELERY_BROKER_URL"):

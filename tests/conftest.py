@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -140,13 +141,21 @@ def codebook_editors_group():
     return group
 
 
+def warehouse_server() -> dict:
+    """The test warehouse's server by TCP, as a URL names it: host, port, user, password. (Django's HOST may be the
+    server's Unix socket directory instead: settings.DATABASE_SOCKET_DIR.)"""
+    db, parts = settings.DATABASES["default"], urlsplit(settings.DATABASE_URL)
+    return {"host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432), "user": db["USER"],
+            "password": db.get("PASSWORD") or None}
+
+
 def subprocess_env(**overrides: str) -> dict[str, str]:
     """The environment a child process of the product needs to see what this test sees: the *test* database."""
-    db = settings.DATABASES["default"]
+    db, server = settings.DATABASES["default"], warehouse_server()
     env = dict(os.environ)
     env["DATABASE_URL"] = (
-        f"postgresql://{db['USER']}{':' + db['PASSWORD'] if db.get('PASSWORD') else ''}@{db['HOST']}:{db['PORT']}/"
-        f"{db['NAME']}"
+        f"postgresql://{server['user']}{':' + server['password'] if server['password'] else ''}@{server['host']}:"
+        f"{server['port']}/{db['NAME']}"
     )
     env["PYTHONPATH"] = str(ROOT)
     env.update(overrides)

@@ -123,11 +123,11 @@ def _cmdline_of(pid: int | None) -> list[str]:
 
 
 def _same_database(url: str) -> bool:
-    db = settings.DATABASES["default"]
-    parts = urlsplit(url)
-    host = "127.0.0.1" if parts.hostname in {"localhost", None} else parts.hostname
-    ours = "127.0.0.1" if db["HOST"] in {"localhost", "", None} else db["HOST"]
-    return (host, str(parts.port or 5432), parts.path.strip("/")) == (ours, str(db["PORT"] or 5432), db["NAME"])
+    def address(parts) -> tuple[str, str]:  # DATABASE_URL's TCP address (Django's HOST may be a socket directory)
+        return ("127.0.0.1" if parts.hostname in {"localhost", None} else parts.hostname), str(parts.port or 5432)
+
+    theirs, ours = urlsplit(url), urlsplit(settings.DATABASE_URL)
+    return (*address(theirs), theirs.path.strip("/")) == (*address(ours), settings.DATABASES["default"]["NAME"])
 
 
 def is_alive(process: psutil.Process) -> bool:

@@ -12,13 +12,12 @@ from functools import lru_cache
 
 import psycopg2
 import sqlalchemy as sa
-from django.conf import settings
 
 from codebook.catalogue import VariableSpec
 from ingestion.extract import escape_copy_text
 from ingestion.layout import pisa_variables
 from ingestion.models import Source
-from tests.conftest import students_sample_path
+from tests.conftest import students_sample_path, warehouse_server
 
 
 def column_type(spec: VariableSpec, style: str):
@@ -64,16 +63,16 @@ class SourceDatabase:
         self.style = style
         self.variables = pisa_variables()
         if dialect == "postgresql":
-            db = settings.DATABASES["default"]
+            server = warehouse_server()
             self.database = f"pisa_test_src_{code.lower()}_{uuid.uuid4().hex[:8]}"
-            self.admin_dsn = dict(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db.get("PASSWORD") or None,
-                                  dbname="postgres")
+            self.admin_dsn = {**server, "dbname": "postgres"}
             admin = psycopg2.connect(**self.admin_dsn)
             admin.autocommit = True
             admin.cursor().execute(f'CREATE DATABASE "{self.database}"')
             admin.close()
-            password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-            self.url = f"postgresql+psycopg2://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{self.database}"
+            password = f":{server['password']}" if server["password"] else ""
+            self.url = (f"postgresql+psycopg2://{server['user']}{password}@{server['host']}:{server['port']}/"
+                        f"{self.database}")
         else:
             self.database = None
             self.url = f"sqlite:///{tmp_path / f'{code.lower()}.sqlite3'}"

@@ -28,6 +28,15 @@ def test_start_exports_urls_for_both_servers_and_a_separate_broker_database(serv
     assert redis.Redis.from_url(env["REDIS_URL"]).ping()
 
 
+def test_the_warehouse_is_also_served_on_a_unix_socket_named_in_the_environment(services):
+    env = services.start(quiet=True)
+    assert env["DATABASE_SOCKET_DIR"] == str(services.postgres.data_dir)
+    with psycopg2.connect(host=env["DATABASE_SOCKET_DIR"], port=services.postgres.port, user="postgres",
+                          dbname="pisa") as conn, conn.cursor() as cur:
+        cur.execute("SELECT inet_server_addr() IS NULL, current_setting('port')")  # no address: a Unix socket
+        assert cur.fetchone() == (True, str(services.postgres.port))
+
+
 def test_redis_never_evicts_keys_because_it_is_the_broker(services):
     env = services.start(quiet=True)
     policy = redis.Redis.from_url(env["REDIS_URL"]).config_get("maxmemory-policy")

@@ -113,3 +113,17 @@ def test_each_process_multiplies_on_one_blas_thread_unless_told_otherwise(given,
     result = load_settings("import pisa_site, os; print(os.environ['OPENBLAS_NUM_THREADS'])", **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+WAREHOUSE_HOST = ("import django; from django.conf import settings; django.setup(); "
+                  "print(settings.DATABASES['default']['HOST'])")
+
+
+def test_a_local_warehouse_is_reached_through_its_unix_socket_when_the_socket_is_there(tmp_path):
+    local = {**URLS, "DATABASE_URL": "postgresql://u@127.0.0.1:5433/warehouse", "DEBUG": "1"}
+    without = load_settings(WAREHOUSE_HOST, **local, DATABASE_SOCKET_DIR=str(tmp_path))
+    (tmp_path / ".s.PGSQL.5433").touch()
+    with_socket = load_settings(WAREHOUSE_HOST, **local, DATABASE_SOCKET_DIR=str(tmp_path))
+    remote = load_settings(WAREHOUSE_HOST, **URLS, DEBUG="1", DATABASE_SOCKET_DIR=str(tmp_path))
+    assert [without.stdout.strip(), with_socket.stdout.strip(), remote.stdout.strip()] == [
+        "127.0.0.1", str(tmp_path), "db.example"], (without.stderr, with_socket.stderr, remote.stderr)

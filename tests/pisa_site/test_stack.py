@@ -59,7 +59,8 @@ def wait_for(url: str, process: subprocess.Popen, log_path) -> int:
 def stack(tmp_path):
     home = tmp_path / "pisa-home"
     web_port, flower_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    outside = {"DATABASE_URL", "DATABASE_SOCKET_DIR", "REDIS_URL", "CELERY_BROKER_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in outside}
     env.update(PISA_HOME=str(home), PORT=str(web_port), FLOWER_PORT=str(flower_port), DEBUG="1",
                DJANGO_SUPERUSER_PASSWORD="stack-test-password", INGEST_CONCURRENCY="1", METRICS_CONCURRENCY="1",
                WEB_WORKERS="1")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from codebook.catalogue import read_codebook_csv
 from simulator.schema import source_database_drop, url_template_on
 from simulator.students import StudentFactory
-from tests.conftest import codebook_csv_path, country_means_path, students_sample_path
+from tests.conftest import codebook_csv_path, country_means_path, students_sample_path, warehouse_server
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +48,9 @@ def shared_settings(settings, specs):
 
 
 def _test_server_url() -> URL:
-    db = settings.DATABASES["default"]
-    return URL.create("postgresql+psycopg2", username=db["USER"], password=db.get("PASSWORD") or None,
-                      host=db["HOST"] or None, port=int(db["PORT"]) if db.get("PORT") else None, database="postgres")
+    server = warehouse_server()
+    return URL.create("postgresql+psycopg2", username=server["user"], password=server["password"],
+                      host=server["host"], port=int(server["port"]), database="postgres")
 
 
 @pytest.fixture
