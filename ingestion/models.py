@@ -134,6 +134,7 @@ class Student(AnalysisValues):
     raw_md5 = models.CharField(max_length=32, help_text="MD5 of raw: finds rows changed in the source.")
     loaded_at = models.DateTimeField(auto_now=True)
 
+    # Also indexed by migration 0013, as analysis_packed is not a Django field: student_country_packed.
     class Meta:
         constraints = [models.UniqueConstraint(fields=["country", "cntstuid"], name="student_country_cntstuid")]
         indexes = [
