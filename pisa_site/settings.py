@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from pisa_site.embedded import postgres_socket
 from pisa_site.home import BASE_DIR, pisa_home
 
 
@@ -155,7 +156,7 @@ _db_options["options"] = f"{_db_options.get('options', '')} -c temp_buffers=32MB
 # Only when the socket of DATABASE_URL's own port is there, so a leftover variable never redirects the warehouse.
 DATABASE_SOCKET_DIR = os.environ.get("DATABASE_SOCKET_DIR", "")
 if (DATABASE_SOCKET_DIR and DATABASES["default"]["HOST"] in ("127.0.0.1", "localhost")
-        and (Path(DATABASE_SOCKET_DIR) / f".s.PGSQL.{DATABASES['default']['PORT'] or 5432}").exists()):
+        and postgres_socket(DATABASE_SOCKET_DIR, DATABASES["default"]["PORT"] or 5432).exists()):
     DATABASES["default"]["HOST"] = DATABASE_SOCKET_DIR
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("The warehouse must be PostgreSQL (DATABASE_URL=postgresql://...).")
