@@ -199,16 +199,18 @@ def test_a_follow_up_beyond_the_sync_budget_goes_back_through_the_queue(source_d
     assert tasks.sync_request(alb.source, new_rows_seen=True) == tasks.SYNC_WAITING
 
 
-def _warehouse_backend_of(worker) -> int | None:
-    """The PostgreSQL backend serving the worker's child's warehouse connection, if it has one open."""
+def _worker_warehouse_backend() -> int | None:
+    """The PostgreSQL backend serving the worker's warehouse connection, if it has one open.
+
+    Found by the product's application_name rather than by client port: over the embedded server's Unix socket a
+    backend has no client port.
+    """
     from django.db import connection
 
-    [child] = psutil.Process(worker.process.pid).children()
-    server_port = int(connection.settings_dict["PORT"])
-    ports = [c.laddr.port for c in child.net_connections(kind="tcp") if c.raddr and c.raddr.port == server_port]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND client_port = ANY(%s)",
-                       [ports])
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND application_name = %s AND pid <> pg_backend_pid()",
+                       [connection.settings_dict["OPTIONS"]["application_name"]])
         backends = [row[0] for row in cursor.fetchall()]
     assert len(backends) <= 1
     return backends[0] if backends else None
@@ -218,13 +220,13 @@ def test_a_worker_keeps_its_warehouse_connection_from_one_sync_to_the_next(sourc
     # Celery's Django fixup would close it around every task: a new PostgreSQL backend (and a new staging table) for
     # each of the 20 syncs a second.
     alb = source_db("ALB")
-    worker = celery_worker_process("ingestion")
+    celery_worker_process("ingestion")
     alb.insert_students(3)
     assert fan_out() == 1
     assert wait_until(lambda: loaded(alb.source) == 3)
-    backend = _warehouse_backend_of(worker)
+    backend = _worker_warehouse_backend()
     assert backend is not None
 
     alb.insert_students(2)
     assert wait_until(lambda: fan_out() >= 0 and loaded(alb.source) == 5, timeout=10)  # as beat would, each second
-    assert _warehouse_backend_of(worker) == backend
+    assert _worker_warehouse_backend() == backend
