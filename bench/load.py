@@ -528,7 +528,8 @@ def main() -> None:
         "flood_urls": flood["urls"] if flood else None,
         "flood_errors": sum(f["errors"] for f in flood["urls"].values()) if flood else None,
         "phases": {"baseline": baseline, "loaded": loaded, "constant": constant, "flood": flood},
-        "web": f"gunicorn {stack.env.get('WEB_WORKERS', '2')} workers x {stack.env.get('WEB_THREADS', '8')} threads",
+        "web": f"granian {stack.env.get('WEB_WORKERS', '2')} workers x {stack.env.get('WEB_THREADS', '64')} threads, "
+               f"{stack.env.get('WEB_ACTIVE_REQUESTS', '8')} at once in Django",
     }, quick=args.quick)
 
 

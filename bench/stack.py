@@ -253,7 +253,7 @@ class Stack(Processes):
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not answer within {STARTUP_TIMEOUT_SECONDS}s; see "
+                    raise RuntimeError(f"the web server did not answer within {STARTUP_TIMEOUT_SECONDS}s; see "
                                        f"{self.log_path}") from None
                 time.sleep(0.3)
 

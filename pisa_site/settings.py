@@ -337,8 +337,12 @@ METRICS_PERCENTILES_SECONDS = env_int("METRICS_PERCENTILES_SECONDS", 30)
 # How old each web process's snapshot of the metrics versions may be (metrics/cache.py): the bound on how long after a
 # publish a 304 may still be sent for the old document. A small part of the one-second freshness budget.
 METRICS_VERSIONS_CACHE_SECONDS = float(os.environ.get("METRICS_VERSIONS_CACHE_SECONDS", "0.1"))
-# Overload (pisa_site/shedding.py): a request that waited longer than this for a web thread is answered 503 at once,
-# with Retry-After between WEB_RETRY_AFTER_SECONDS and twice that (health and admin never are). 0: never shed.
+# Overload (pisa_site/shedding.py): each web process runs WEB_ACTIVE_REQUESTS requests in Django at once, on WEB_THREADS
+# threads (the Procfile gives granian the same number); a request that waited longer than WEB_SHED_QUEUE_MS for its
+# turn, or found every thread but a few waiting, is answered 503 at once, with Retry-After between
+# WEB_RETRY_AFTER_SECONDS and twice that (health and admin never are). 0: never shed.
+WEB_THREADS = env_int("WEB_THREADS", 64)
+WEB_ACTIVE_REQUESTS = env_int("WEB_ACTIVE_REQUESTS", 8)
 WEB_SHED_QUEUE_MS = env_int("WEB_SHED_QUEUE_MS", 500)
 WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 5)
 # The most viewers one web process keeps on GET /api/v1/stream/ (pisa_site/stream.py); beyond, it answers 503 with

@@ -16,7 +16,7 @@ def test_rows_are_served_in_created_order_at_the_first_answer_counting_them():
 def test_the_stack_runs_the_procfiles_own_command_lines():
     commands = procfile_commands()
     assert {"web", "ingest", "metrics", "beat"} <= set(commands)
-    assert commands["web"].startswith("gunicorn ") and "${WEB_THREADS:-8}" in commands["web"]
+    assert commands["web"].startswith("granian ") and "${WEB_THREADS:-64}" in commands["web"]
 
 
 def test_stopping_a_process_also_ends_what_its_group_left_behind(tmp_path):

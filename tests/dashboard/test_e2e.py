@@ -374,9 +374,9 @@ def test_a_chart_csv_holds_what_it_draws_and_the_explorer_downloads_its_distribu
 def test_stopping_the_api_shows_the_banner(page, live_stack):
     open_dashboard(page, live_stack)
     expect(page.locator("#banner")).to_be_hidden()
-    web = [p for p in psutil.Process(live_stack.process.pid).children(recursive=True)
-           if "gunicorn" in " ".join(p.cmdline())]
-    assert web, "no gunicorn process in the stack"
+    command_lines = {p: " ".join(p.cmdline()) for p in psutil.Process(live_stack.process.pid).children(recursive=True)}
+    web = [p for p, line in command_lines.items() if "granian" in line or "gunicorn" in line]  # the API and its stream
+    assert any("granian" in command_lines[p] for p in web), "no granian process in the stack"
     for process in web:
         process.send_signal(signal.SIGKILL)
     banner = page.locator("#banner")

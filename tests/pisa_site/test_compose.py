@@ -56,10 +56,13 @@ def test_app_commands_exist_in_the_project(service):
 
             assert set(queues) == {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     elif program == "gunicorn":
-        interface = "asgi" if command[1].endswith(".asgi") else "wsgi"
-        assert (interface == "asgi") == ("asgi" in command), f"{service}: the ASGI app needs --worker-class asgi"
+        assert command[1].endswith(".asgi") and "asgi" in command, f"{service}: gunicorn serves the stream's ASGI app"
         module = __import__(command[1], fromlist=["application"])
         assert callable(module.application)
+    elif program == "granian":
+        assert command[command.index("--interface") + 1] == "wsgi"
+        module_name, _, name = next(arg for arg in command[1:] if arg.endswith(":application")).partition(":")
+        assert callable(getattr(__import__(module_name, fromlist=[name]), name))
     else:
         pytest.fail(f"{service}: unexpected program {program}")
 

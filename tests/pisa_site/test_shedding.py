@@ -1,5 +1,5 @@
-"""Overload: a request that waited too long for a web thread is answered 503 with Retry-After at once, instead of
-making every viewer time out; the health check and the admin never are (pisa_site/shedding.py)."""
+"""Overload: a request that would wait too long for its turn in Django is answered 503 with Retry-After at once,
+instead of making every viewer time out; the health check and the admin never are (pisa_site/shedding.py)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,29 @@ from tests.conftest import ROOT, subprocess_env, wait_until
 STARTUP_SECONDS = 30
 
 
+HELD = "/api/v1/metrics/held/"
+
+
 class Answers:
-    """A WSGI application standing in for Django, recording what reached it."""
+    """A WSGI application standing in for Django, recording what reached it; a request for HELD stays inside until
+    `hold` is set."""
 
     def __init__(self):
         self.paths = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.inside = threading.Event()
 
     def __call__(self, environ, start_response):
         self.paths.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == HELD:
+            self.inside.set()
+            self.hold.wait(10)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"served"]
 
 
-def call(application, path: str, *, waited: float, origin: str | None = None):
-    shedding._waits.seconds = waited
+def call(application, path: str, *, origin: str | None = None):
     captured = {}
 
     def start_response(status, headers):
@@ -47,46 +56,101 @@ def call(application, path: str, *, waited: float, origin: str | None = None):
     return captured["status"], captured["headers"], body
 
 
-@override_settings(WEB_SHED_QUEUE_MS=500, WEB_RETRY_AFTER_SECONDS=5, CORS_ALLOWED_ORIGINS=["https://forage.example"])
-def test_a_request_that_waited_past_the_limit_gets_a_503_with_a_jittered_retry_after_and_never_reaches_django():
+class Occupied:
+    """A request held inside `django` on a thread of its own, so that the gate's one slot is taken."""
+
+    def __init__(self, application, django: Answers):
+        self.django = django
+        django.hold.clear()
+        self.thread = threading.Thread(target=call, args=(application, HELD))
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.django.inside.wait(5)
+        return self
+
+    def __exit__(self, *exc):
+        self.django.hold.set()
+        self.thread.join(5)
+
+
+def test_the_gate_admits_its_slots_then_queues_then_refuses():
+    gate = shedding.AdmissionGate(active=2, max_waiting=1, limit=0.05)
+    assert gate.enter() == 0.0 and gate.enter() == 0.0
+    waits = []
+    waiter = threading.Thread(target=lambda: waits.append(gate.enter()))
+    waiter.start()
+    assert wait_until(lambda: gate.waiting == 1, timeout=5)
+    assert gate.enter() is None  # the queue is full: refused at once
+    waiter.join(5)
+    assert waits == [None]  # nobody left within the limit: refused after it
+    gate.leave()
+    assert gate.enter() == 0.0
+
+
+def test_a_waiting_request_gets_in_when_a_slot_frees_within_the_limit():
+    gate = shedding.AdmissionGate(active=1, max_waiting=1, limit=5.0)
+    assert gate.enter() == 0.0
+    waits = []
+    waiter = threading.Thread(target=lambda: waits.append(gate.enter()))
+    waiter.start()
+    assert wait_until(lambda: gate.waiting == 1, timeout=5)
+    gate.leave()
+    waiter.join(5)
+    assert len(waits) == 1 and 0 < waits[0] < 5 and gate.waiting == 0
+
+
+# One request at a time in Django and no thread to spare for waiting: a second request is shed at once.
+ONE_SLOT_NO_QUEUE = dict(WEB_SHED_QUEUE_MS=500, WEB_ACTIVE_REQUESTS=1, WEB_THREADS=1 + shedding.SPARE_THREADS)
+
+
+@override_settings(**ONE_SLOT_NO_QUEUE, WEB_RETRY_AFTER_SECONDS=5, CORS_ALLOWED_ORIGINS=["https://forage.example"])
+def test_a_request_the_gate_refuses_gets_a_503_with_a_jittered_retry_after_and_never_reaches_django():
     django = Answers()
     application = shedding.shed_when_queued_too_long(django)
-    assert call(application, "/api/v1/metrics/", waited=0.2)[0] == "200 OK"
+    assert call(application, "/api/v1/metrics/")[0] == "200 OK"
     retry_afters = set()
-    for _ in range(50):
-        status, headers, body = call(application, "/api/v1/metrics/", waited=0.6)
-        assert status.startswith("503")
-        assert headers["Cache-Control"] == "no-store" and "Access-Control-Allow-Origin" not in headers
-        assert "busy" in json.loads(body)["error"]
-        retry_afters.add(int(headers["Retry-After"]))
+    with Occupied(application, django):
+        for _ in range(50):
+            status, headers, body = call(application, "/api/v1/metrics/")
+            assert status.startswith("503")
+            assert headers["Cache-Control"] == "no-store" and "Access-Control-Allow-Origin" not in headers
+            assert "busy" in json.loads(body)["error"]
+            retry_afters.add(int(headers["Retry-After"]))
+        _, headers, _ = call(application, "/api/v1/metrics/", origin="https://forage.example")
+        assert headers["Access-Control-Allow-Origin"] == "https://forage.example"  # the cross-origin page reads it
+        _, headers, _ = call(application, "/api/v1/metrics/", origin="https://elsewhere.example")
+        assert "Access-Control-Allow-Origin" not in headers
     assert retry_afters <= set(range(5, 11)) and len(retry_afters) > 1  # spread: viewers do not return together
-    assert django.paths == ["/api/v1/metrics/"]
-    _, headers, _ = call(application, "/api/v1/metrics/", waited=0.6, origin="https://forage.example")
-    assert headers["Access-Control-Allow-Origin"] == "https://forage.example"  # the cross-origin page reads it
-    _, headers, _ = call(application, "/api/v1/metrics/", waited=0.6, origin="https://elsewhere.example")
-    assert "Access-Control-Allow-Origin" not in headers
+    assert django.paths == ["/api/v1/metrics/", HELD]
+    assert call(application, "/api/v1/metrics/")[0] == "200 OK"  # the slot is free again
 
 
-@override_settings(WEB_SHED_QUEUE_MS=500)
+@override_settings(**ONE_SLOT_NO_QUEUE)
 def test_health_and_admin_are_never_shed():
     django = Answers()
     application = shedding.shed_when_queued_too_long(django)
-    for path in ("/api/v1/health/", "/admin/codebook/variable/"):
-        assert call(application, path, waited=30.0)[0] == "200 OK"
-    assert len(django.paths) == 2
+    with Occupied(application, django):
+        for path in ("/api/v1/health/", "/admin/codebook/variable/"):
+            assert call(application, path)[0] == "200 OK"
+    assert django.paths[-2:] == ["/api/v1/health/", "/admin/codebook/variable/"]
 
 
 @override_settings(WEB_SHED_QUEUE_MS=0)
 def test_a_limit_of_zero_never_sheds():
     django = Answers()
-    assert call(shedding.shed_when_queued_too_long(django), "/api/v1/metrics/", waited=30.0)[0] == "200 OK"
+    assert shedding.shed_when_queued_too_long(django) is django
+
+
+# One request in Django at a time, on a few threads: three may wait, the others are shed.
+FEW_THREADS = {"WEB_THREADS": "12", "WEB_ACTIVE_REQUESTS": "1"}
 
 
 def procfile_web_command(port: int) -> list[str]:
-    """The Procfile's web line with one process of one thread on `port`, other variables at their defaults."""
+    """The Procfile's web line with one process of FEW_THREADS on `port`, other variables at their defaults."""
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     line = line.partition(":")[2].replace("$PORT", str(port)).replace("${WEB_WORKERS:-2}", "1")
-    line = line.replace("${WEB_THREADS:-8}", "1")
+    line = line.replace("${WEB_THREADS:-64}", FEW_THREADS["WEB_THREADS"])
     return shlex.split(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line))
 
 
@@ -104,17 +168,17 @@ def get(port: int, path: str) -> tuple[int, str | None, bytes]:
 def test_the_procfiles_web_server_sheds_a_flood_quickly_and_keeps_answering_health(tmp_path):
     port = free_port()
     command = procfile_web_command(port)
-    assert "pisa_site.shedding.SheddingThreadWorker" in command
+    assert command[0] == "granian" and "pisa_site.wsgi:application" in command
     bin_dir = os.path.dirname(os.sys.executable)
     log_path = tmp_path / "web.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([f"{bin_dir}/{command[0]}", *command[1:]], cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                  env=subprocess_env(DEBUG="1", WEB_SHED_QUEUE_MS="20", WEB_RETRY_AFTER_SECONDS="3",
+                                  env=subprocess_env(DEBUG="1", WEB_SHED_QUEUE_MS="20", WEB_RETRY_AFTER_SECONDS="3", **FEW_THREADS,
                                                      PATH=f"{bin_dir}:{os.environ['PATH']}"))
     try:
         assert wait_until(lambda: _answers(port), timeout=STARTUP_SECONDS), log_path.read_text()[-2000:]
-        # One thread, and 300 requests at once (each a Django 404: no database involved) plus 20 health checks.
+        # One request at a time in Django, and 300 at once (each a Django 404: no database involved) plus 20 health checks.
         outcomes, retry_afters, health_bodies = Counter(), set(), []
 
         def flood():

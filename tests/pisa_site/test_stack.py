@@ -102,7 +102,7 @@ def test_the_stack_comes_up_and_one_ctrl_c_stops_every_process(stack):
     everything = [psutil.Process(process.pid), *launched,
                   psutil.Process(services.postgres.pid()), psutil.Process(services.redis.pid())]
     names = " ".join(p.name() for p in launched)
-    for expected in ("honcho", "gunicorn", "celery", "simulate"):
+    for expected in ("honcho", "granian", "gunicorn", "celery", "simulate"):
         assert expected in names or any(expected in " ".join(p.cmdline()) for p in launched), expected
     if settings.PISA_CODEBOOK_PATH.exists():
         wait_for_log("Seeded", process, log_path)  # the 20 demo sources exist and responses flow
