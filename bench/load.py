@@ -15,8 +15,8 @@ with `Accept-Encoding: gzip` as a browser does:
 - a *streamer* does what js/stream.js does: it holds GET /api/v1/stream/?countries=<its 2 to 5>, takes the
   metrics and the sources' status the events carry (it does not unpack them: the browser's cost, not the server's),
   fetches its metrics URL on an event without its document or on `resync` (one fetch at a time, once more if events
-  came meanwhile, again after 150 ms on a 304 up to 3 times), and every 5 s polls the metrics and the sources as a
-  safety net.
+  came meanwhile, again after 150 ms on a 304 up to 3 times), and every 5 s polls the metrics as a safety net, and
+  the sources too unless the stream brought them in the last 15 s.
 
 Phases, each of `--seconds` with the freshness observer running (bench/stack.py):
 
@@ -52,7 +52,7 @@ STREAMS, POLLERS, BASELINE_POLLERS, FLOOD_FACTOR = 2000, 500, 5, 10
 QUICK_STREAMS, QUICK_POLLERS = 300, 100
 CLIENT_PROCESSES = 2
 # From the dashboard's JS: CONFIG.pollSeconds, streamingPollSeconds, REQUEST_TIMEOUT_MS, AFTER_304_MS/TRIES.
-POLL_SECONDS, STREAMING_POLL_SECONDS = 1.0, 5.0
+POLL_SECONDS, STREAMING_POLL_SECONDS, SOURCES_PUSH_TRUSTED_SECONDS = 1.0, 5.0, 15.0
 REQUEST_TIMEOUT_SECONDS = 2.5
 AFTER_304_SECONDS, AFTER_304_TRIES = 0.15, 3
 COUNTRIES_PER_VIEWER = (2, 5)
@@ -199,6 +199,7 @@ class Streamer(Viewer):
         self.metrics, self.panel = Connection(self.port), Connection(self.port)
         self.etag = self.sources_etag = None
         self.fetching, self.fetch_again = False, False
+        self.sources_pushed_at = float("-inf")
 
     async def fetch_changed(self) -> None:
         if self.fetching:
@@ -225,7 +226,8 @@ class Streamer(Viewer):
         while not stop.is_set():
             await asyncio.sleep(STREAMING_POLL_SECONDS)
             await self.wait_out_retry_after()
-            _, self.sources_etag = await self.request(SOURCES, self.panel, PATHS[SOURCES], self.sources_etag)
+            if time.monotonic() - self.sources_pushed_at >= SOURCES_PUSH_TRUSTED_SECONDS:
+                _, self.sources_etag = await self.request(SOURCES, self.panel, PATHS[SOURCES], self.sources_etag)
             if not self.fetching:
                 self.fetching = True
                 try:
@@ -264,6 +266,8 @@ class Streamer(Viewer):
                     self.counters["stream events"] += 1
                     if b'"gzip":' in line:
                         self.counters[f"{event.decode()} pushed"] += 1
+                        if event == b"sources":
+                            self.sources_pushed_at = time.monotonic()
                         continue
                     if event == b"sources":
                         continue

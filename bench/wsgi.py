@@ -8,7 +8,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pisa_site.settings")
 from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
+from pisa_site.edge import edge_cache  # noqa: E402
 from pisa_site.shedding import shed_when_queued_too_long  # noqa: E402
 
 settings.ROOT_URLCONF = "bench.urls"
-application = shed_when_queued_too_long(get_wsgi_application())  # as pisa_site/wsgi.py
+application = edge_cache(shed_when_queued_too_long(get_wsgi_application()))  # as pisa_site/wsgi.py

@@ -28,6 +28,7 @@ from ingestion.services import SourceNotFoundError
 from pisa_site.api import (DRF_QUERY_PARAMETERS, ETAG_HEADERS, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
                            StaffApi, cached_json, fast_path, method_not_allowed, query_check)
 from pisa_site.compression import gzip_once, weak
+from pisa_site.edge import edge_mark
 from pisa_site.errors import BadInput
 from pisa_site.errors import NotFound as DomainNotFound
 from pisa_site.etags import strong_etag
@@ -100,7 +101,10 @@ def _statuses(request):
     if request.GET:
         query_check(request.GET, ())
     rendered = rendered_statuses()
-    return cached_json(request, rendered.etag, rendered.body)
+    response = cached_json(request, rendered.etag, rendered.body)
+    # The same bytes for everyone until the process renders again: kept by the edge as long, whatever changes.
+    edge_mark(response, countries=(), max_age=max(0.0, rendered.expires_at - time.monotonic()))
+    return response
 
 
 class SourceStatusListApi(PublicApi):

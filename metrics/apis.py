@@ -14,6 +14,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from metrics import selectors, services
 from metrics.openapi import FORAGE_RESPONSES, countries_parameter, ref
 from pisa_site import stream
+from pisa_site.edge import edge_mark
 from pisa_site.errors import BadInput, NotFound
 from pisa_site.api import (ETAG_HEADERS, FormatParameterIsOurs, IF_NONE_MATCH, NOT_MODIFIED, ErrorSerializer, PublicApi,
                            answer_format, cached_csv, cached_json, fast_path, method_not_allowed, query_check)
@@ -37,6 +38,11 @@ def csv_response(description: str) -> dict:
 BAD_REQUEST = OpenApiResponse(ErrorSerializer, description="A query parameter the API does not take, or a bad value")
 
 
+# How long the edge (pisa_site/edge.py) may keep a polled answer at most: changes of its countries drop it at once;
+# this bounds what is not announced (a codebook label edited in the admin).
+EDGE_MAX_AGE_SECONDS = 1.0
+
+
 def _query(request) -> str:
     return request.META.get("QUERY_STRING", "")
 
@@ -48,9 +54,11 @@ def _metrics(request) -> HttpResponse:
             return _metrics_csv(request)
         if "figures" in request.GET:
             raise BadInput("figures: only with format=csv (the JSON is always the whole document)")
-    countries, etag = selectors.view_lookup("metrics", _query(request), lambda: request.GET.get("countries"),
-                                            with_labels=True)
-    return cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
+    asked = request.GET.get("countries")
+    countries, etag = selectors.view_lookup("metrics", _query(request), lambda: asked, with_labels=True)
+    response = cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
+    edge_mark(response, countries=countries if asked else None, max_age=EDGE_MAX_AGE_SECONDS)
+    return response
 
 
 def _metrics_csv(request) -> HttpResponse:
@@ -136,10 +144,24 @@ class CountryListApi(PublicApi):
                    responses={200: OpenApiResponse(ref("CountryList"), description="Countries with data"),
                               400: BAD_REQUEST})
     def get(self, request):
+        return _country_list(request)
+
+
+def _country_list(request) -> HttpResponse:
+    if request.GET:
         query_check(request.GET, ())
-        # Polled like the metrics (the freshness monitors every 50 ms): made once per set of versions and labels.
-        _, etag = selectors.view_lookup("countries", "", lambda: None, with_labels=True)
-        return cached_json(request, etag, lambda: selectors.countries_overview_bytes(etag))
+    # Polled like the metrics (the freshness monitors every 50 ms): made once per set of versions and labels.
+    _, etag = selectors.view_lookup("countries", "", lambda: None, with_labels=True)
+    response = cached_json(request, etag, lambda: selectors.countries_overview_bytes(etag))
+    edge_mark(response, countries=None, max_age=EDGE_MAX_AGE_SECONDS)
+    return response
+
+
+@fast_path(CountryListApi)
+def country_list_fast(request):
+    if request.method != "GET":
+        return method_not_allowed()
+    return _country_list(request)
 
 
 class CountryDetailApi(PublicApi):

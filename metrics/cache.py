@@ -140,9 +140,9 @@ def versions_forget() -> None:
     _versions.forget()
 
 
-# Fast path: the last few assembled views also stay in this process, sparing a 100 KB Redis read per 200.
-RECENT_VIEWS_PER_PROCESS = 16
-_views = BytesByEtag(VIEW, ttl_seconds=VIEW_TTL_SECONDS, per_process=RECENT_VIEWS_PER_PROCESS)
+# Fast path: the last assembled views also stay in this process, sparing a Redis read (up to 117 KB) per 200.
+RECENT_VIEW_BYTES_PER_PROCESS = 32 * 1024 * 1024
+_views = BytesByEtag(VIEW, ttl_seconds=VIEW_TTL_SECONDS, per_process_bytes=RECENT_VIEW_BYTES_PER_PROCESS)
 
 
 def view_bytes(etag: str, build: Callable[[], dict]) -> bytes:

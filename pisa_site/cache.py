@@ -42,14 +42,18 @@ def redis_client():
 
 
 class BytesByEtag:
-    """Bytes an ETag names, built once by whichever process needs them first: kept in that process (its last
-    `per_process`) and in Redis (`key` formatted with the ETag, for `ttl_seconds`), where every other process finds
-    them. An ETag names one body, so what is kept under it never goes stale; it only ages out."""
+    """Bytes an ETag names, built once by whichever process needs them first: kept in that process (the last ones,
+    up to `per_process_bytes` in all) and in Redis (`key` formatted with the ETag, for `ttl_seconds`), where every
+    other process finds them. An ETag names one body, so what is kept under it never goes stale; it only ages out.
 
-    def __init__(self, key: str, *, ttl_seconds: int, per_process: int) -> None:
-        self.key, self.ttl_seconds, self.per_process = key, ttl_seconds, per_process
+    The budget is in bytes, not entries: viewers each on their own mix of countries ask for thousands of small
+    documents (5 KB for a few countries), and a table of a few entries sent nearly every 200 to Redis for its body."""
+
+    def __init__(self, key: str, *, ttl_seconds: int, per_process_bytes: int) -> None:
+        self.key, self.ttl_seconds, self.per_process_bytes = key, ttl_seconds, per_process_bytes
         self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = threading.Lock()  # gunicorn's threads share it
+        self._recent_bytes = 0
+        self._lock = threading.Lock()  # the web server's threads share it
 
     def get(self, etag: str, build) -> bytes:
         body = self._recent.get(etag)
@@ -62,12 +66,15 @@ class BytesByEtag:
             body = build()
             client.set(key, body, ex=self.ttl_seconds)
         with self._lock:
-            self._recent[etag] = body
-            while len(self._recent) > self.per_process:
-                self._recent.popitem(last=False)
+            if etag not in self._recent:
+                self._recent[etag] = body
+                self._recent_bytes += len(body)
+            while self._recent_bytes > self.per_process_bytes and len(self._recent) > 1:
+                self._recent_bytes -= len(self._recent.popitem(last=False)[1])
         return body
 
     def forget(self) -> None:
         """Drop this process's table (tests, which flush Redis between them)."""
         with self._lock:
             self._recent.clear()
+            self._recent_bytes = 0

@@ -22,9 +22,9 @@ GZIP_MIN_BYTES = 1024
 GZIP_LEVEL = 9
 GZIP_KEY = "pisa:gzip:{}"
 GZIP_TTL_SECONDS = 600  # a body's gzip is asked for while its ETag is current: seconds, rarely minutes
-GZIPPED_PER_PROCESS = 32
+GZIPPED_BYTES_PER_PROCESS = 16 * 1024 * 1024
 
-_gzipped = BytesByEtag(GZIP_KEY, ttl_seconds=GZIP_TTL_SECONDS, per_process=GZIPPED_PER_PROCESS)
+_gzipped = BytesByEtag(GZIP_KEY, ttl_seconds=GZIP_TTL_SECONDS, per_process_bytes=GZIPPED_BYTES_PER_PROCESS)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

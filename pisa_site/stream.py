@@ -78,6 +78,21 @@ def change_announce(*, topic: str, country: str | None = None, pipe=None) -> Non
     client.publish(channel, json.dumps({"topic": topic, "country": country}))
 
 
+def changes_channel(url: str) -> str:
+    """The channel change_announce publishes on for the Redis database of `url`."""
+    return CHANNEL.format(db=redis.connection.parse_url(url).get("db", 0))
+
+
+def change_country(message: bytes | str) -> str | None:
+    """The country a change message names (None: none, or not a message of ours)."""
+    try:
+        change = json.loads(message)
+    except ValueError:
+        return None
+    country = change.get("country") if isinstance(change, dict) else None
+    return country if isinstance(country, str) else None
+
+
 class Viewer:
     """One open stream: the countries it shows (None: all) and what changed since it was last written to."""
 
@@ -114,7 +129,7 @@ class ChangeHub:
 
     def __init__(self, url: str):
         self.url = url
-        self.channel = CHANNEL.format(db=redis.connection.parse_url(url).get("db", 0))
+        self.channel = changes_channel(url)
         self.viewers: set[Viewer] = set()
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task | None = None

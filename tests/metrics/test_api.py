@@ -228,10 +228,14 @@ class TestVersionsSnapshot:
         assert client.get(self.URL, HTTP_IF_NONE_MATCH=changed["ETag"]).status_code == 304
 
     def test_within_the_bound_the_snapshot_answers_and_a_publish_here_clears_it(
-            self, client, two_countries, settings):
+            self, client, two_countries, settings, monkeypatch):
         from metrics import cache
         from metrics.services import country_metrics_refresh
+        from pisa_site import edge
 
+        # The snapshot alone: in a web process the edge's listener also drops it when it hears the change
+        # (TestThroughTheEdge); a listener left running in this process by another test must not.
+        monkeypatch.setattr(edge, "_heard_callbacks", [])
         settings.METRICS_VERSIONS_CACHE_SECONDS = 3600  # the bound, stretched so that the test can look inside it
         cache.versions_forget()
         first = client.get(self.URL)
@@ -266,3 +270,85 @@ class TestVersionsSnapshot:
             selectors.view_lookup("metrics", f"countries=ALB&k={k}", lambda: "ALB", with_labels=True)
             selectors.view_lookup(f"test:{k}", "countries=ARG", lambda: "ARG", with_labels=False)
         assert len(cache.versions_snapshot().views) <= cache.VIEWS_PER_SNAPSHOT
+
+
+class TestThroughTheEdge:
+    """The WSGI application as the web server runs it (pisa_site/wsgi.py: edge, gate, Django): the polled answers come
+    from the edge until the data of their countries changes, and then the new figures come at once."""
+
+    @pytest.fixture
+    def web(self, settings):
+        from django.core.handlers.wsgi import WSGIHandler
+
+        from pisa_site import edge
+        from tests.conftest import wait_until
+
+        clock = edge.ChangeClock(settings.REDIS_URL)
+        clock.start()
+        assert wait_until(lambda: clock.connected, timeout=10)
+        django = WSGIHandler()
+        calls = []
+
+        def counted(environ, start_response):
+            calls.append(environ["PATH_INFO"])
+            return django(environ, start_response)
+
+        yield edge.edge_cache(counted, clock=clock, answers=edge.Answers()), calls, clock
+        clock.stop()
+
+    @staticmethod
+    def get(application, path, query="", **headers):
+        seen = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            seen.update(status=int(status.split()[0]), headers=dict(response_headers))
+
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "testserver",
+                   "SERVER_PORT": "80", "HTTP_HOST": "testserver", "wsgi.input": io.BytesIO(),
+                   "wsgi.url_scheme": "http", **headers}
+        body = b"".join(application(environ, start_response))
+        return seen["status"], seen["headers"], body
+
+    def test_metrics_come_from_the_edge_until_a_country_shown_changes(self, web, two_countries, settings):
+        import json
+
+        from tests.conftest import wait_until
+
+        application, calls, clock = web
+        alb, _ = two_countries
+        status, headers, body = self.get(application, "/api/v1/metrics/", "countries=ALB")
+        assert status == 200 and "X-Edge-Cache" not in headers
+        again = self.get(application, "/api/v1/metrics/", "countries=ALB")
+        assert again[1].pop("Age") == "0" and again == (status, headers, body)
+        assert self.get(application, "/api/v1/metrics/", "countries=ALB",
+                        HTTP_IF_NONE_MATCH=headers["ETag"])[0] == 304
+        assert self.get(application, "/api/v1/countries/")[0] == 200
+        assert self.get(application, "/api/v1/countries/")[0] == 200
+        assert calls == ["/api/v1/metrics/", "/api/v1/countries/"]  # each asked of Django once
+
+        heard = clock.heard
+        settings.METRICS_VERSIONS_CACHE_SECONDS = 3600  # only hearing the change can drop this process's snapshot
+        alb.insert_students(1)
+        TestVersionsSnapshot.publish_from_another_process(alb)  # as the metrics worker does: +2 students
+        assert wait_until(lambda: clock.heard > heard, timeout=10)
+        status, changed, body = self.get(application, "/api/v1/metrics/", "countries=ALB",
+                                         HTTP_IF_NONE_MATCH=headers["ETag"])
+        assert status == 200 and changed["ETag"] != headers["ETag"]
+        assert json.loads(body)["by_country"]["ALB"]["statistics"]["n_students"] == 38
+        assert self.get(application, "/api/v1/countries/")[0] == 200
+        assert calls[2:] == ["/api/v1/metrics/", "/api/v1/countries/"]
+
+    def test_the_sources_status_is_kept_no_longer_than_its_process_render(self, web, two_countries, settings):
+        import time
+
+        application, calls, _ = web
+        settings.INGEST_STATUS_CACHE_SECONDS = 0.3
+        from ingestion.apis import rendered_statuses_forget
+
+        rendered_statuses_forget()
+        self.get(application, "/api/v1/sources/")
+        self.get(application, "/api/v1/sources/")
+        assert calls == ["/api/v1/sources/"]
+        time.sleep(0.35)
+        self.get(application, "/api/v1/sources/")
+        assert calls == ["/api/v1/sources/"] * 2

@@ -82,6 +82,9 @@ export async function refreshCountryList() {
 }
 
 export let sourcesInFlight = null;
+// The stream pushes the sources' status every 5 s while it changes (it always does: it holds ages): while pushes come,
+// the safety poll leaves the sources alone, which with thousands of streaming viewers is a request a second in five.
+const SOURCES_PUSH_TRUSTED_MS = 15000;
 
 /* One poll a second, counted from the start of the previous one, so a slow answer does not stretch the period. The
  * sources panel is polled alongside but never delays the metrics; a slow sources answer is not asked for twice. */
@@ -92,7 +95,8 @@ export async function tick() {
     setTimeout(tick, state.busyUntil - started);
     return;
   }
-  if (!sourcesInFlight) {
+  const sourcesPushed = state.streaming && Date.now() - state.sourcesPushedAt < SOURCES_PUSH_TRUSTED_MS;
+  if (!sourcesInFlight && !sourcesPushed) {
     sourcesInFlight = pollSources()
       .then(
         () => {

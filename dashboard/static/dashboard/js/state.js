@@ -33,6 +33,7 @@ export const state = {
   metricsPushes: 0, // metrics pushed by the stream: a poll answered after a push is older than it, not drawn
   sources: null,
   sourcesEtag: null,
+  sourcesPushedAt: 0, // when the stream last brought the sources' status (epoch ms)
   sourcesError: null,
   lastContactAt: null, // last answer from the API (200 or 304)
   lastChangeAt: null, // last time the metrics changed

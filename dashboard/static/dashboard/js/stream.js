@@ -49,6 +49,7 @@ async function pushedSources(event) {
   const data = JSON.parse(event.data);
   try {
     sourcesApply(await unpack(data.gzip), data.etag);
+    state.sourcesPushedAt = Date.now();
   } catch (error) {
     // the safety poll reads them
   }
