@@ -38,8 +38,9 @@ EDGE_HEADER = "X-Edge-Cache"  # views -> edge_cache; never sent to the client
 ANY_COUNTRY = "*"
 EDGE_CACHE_BYTES = 32 * 1024 * 1024  # per web process: a few thousand documents of a few countries
 RECONNECT_SECONDS = (0.05, 2.0)
-# The longest a request waits for another's answer to the same question before it asks Django itself.
-COALESCE_WAIT_SECONDS = 1.0
+# The longest a request waits for another's answer to the same question before it asks Django itself: no longer
+# than it would wait for its turn there (WEB_SHED_QUEUE_MS), so that waiters do not pile up on the web's threads.
+COALESCE_WAIT_SECONDS = 0.5
 # A 304 carries the headers a cache needs to update what it holds (RFC 9110 15.4.5), not the body's.
 NOT_IN_304 = frozenset({"content-length", "content-type", "content-encoding"})
 
