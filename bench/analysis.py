@@ -252,7 +252,7 @@ def throughput() -> dict:
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "bench.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+        [sys.executable, "-m", "gunicorn", "bench.wsgi:without_edge", "--bind", f"127.0.0.1:{port}", "--workers",
          str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--log-level", "warning"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     paths = {"metrics": f"/api/v1/metrics/?countries={','.join(COUNTRIES)}",

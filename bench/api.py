@@ -104,7 +104,7 @@ def main() -> None:
             country_metrics_rebuild(country=country)
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "bench.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+            [sys.executable, "-m", "gunicorn", "bench.wsgi:without_edge", "--bind", f"127.0.0.1:{port}", "--workers",
              str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--log-level", "warning"],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
                            "BENCH_CONSTANT_LARGE_BYTES": str(metrics_body_size(students))})

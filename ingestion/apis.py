@@ -103,7 +103,7 @@ def _statuses(request):
     rendered = rendered_statuses()
     response = cached_json(request, rendered.etag, rendered.body)
     # The same bytes for everyone until the process renders again: kept by the edge as long, whatever changes.
-    edge_mark(response, countries=(), max_age=max(0.0, rendered.expires_at - time.monotonic()))
+    edge_mark(request, response, countries=(), max_age=max(0.0, rendered.expires_at - time.monotonic()))
     return response
 
 

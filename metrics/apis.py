@@ -57,7 +57,7 @@ def _metrics(request) -> HttpResponse:
     asked = request.GET.get("countries")
     countries, etag = selectors.view_lookup("metrics", _query(request), lambda: asked, with_labels=True)
     response = cached_json(request, etag, lambda: selectors.metrics_view(countries, etag))
-    edge_mark(response, countries=countries if asked else None, max_age=EDGE_MAX_AGE_SECONDS)
+    edge_mark(request, response, countries=countries if asked else None, max_age=EDGE_MAX_AGE_SECONDS)
     return response
 
 
@@ -153,7 +153,7 @@ def _country_list(request) -> HttpResponse:
     # Polled like the metrics (the freshness monitors every 50 ms): made once per set of versions and labels.
     _, etag = selectors.view_lookup("countries", "", lambda: None, with_labels=True)
     response = cached_json(request, etag, lambda: selectors.countries_overview_bytes(etag))
-    edge_mark(response, countries=None, max_age=EDGE_MAX_AGE_SECONDS)
+    edge_mark(request, response, countries=None, max_age=EDGE_MAX_AGE_SECONDS)
     return response
 
 

@@ -10,8 +10,8 @@ stay free to shed, so granian's own queue stays short and the requests that did 
 the dashboard waits as told before it asks again.
 
 Never shed, and not gated: the health check (operators and load balancers must see the process answering, which is
-what it is doing) and the admin (a few staff, whose edits matter most on such a day). Under another server
-(runserver, a test client) the gate applies the same way.
+what it is doing) and the admin (a few staff, whose edits matter most on such a day). Under another WSGI server
+(runserver) the gate applies the same way; Django's test client does not go through pisa_site/wsgi.py.
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
 from django.http import HttpResponse
+from django.test import override_settings
 
 from pisa_site import edge, stream
 from tests.conftest import wait_until
@@ -32,7 +34,7 @@ class View:
         response = HttpResponse(self.body, content_type="application/json")
         response["ETag"] = self.etag
         if self.marked:
-            edge.edge_mark(response, countries=self.countries, max_age=self.max_age)
+            edge.edge_mark(SimpleNamespace(META=environ), response, countries=self.countries, max_age=self.max_age)
         headers = list(response.items())
         if self.cookie:
             headers.append(("Set-Cookie", "a=b"))
@@ -149,16 +151,19 @@ def test_a_304_seen_answers_holders_of_that_etag_only(clock):
     assert get(application)[0] == "200 OK" and view.calls == 2  # it has no body to give: Django does
 
 
-def test_encodings_origins_and_queries_are_kept_apart(clock):
+@override_settings(CORS_ALLOWED_ORIGINS=["https://forage.example"])
+def test_encodings_allowed_origins_hosts_schemes_and_queries_are_kept_apart(clock):
     view = View()
     application = edge.edge_cache(view, clock=clock, answers=edge.Answers())
-    for headers in ({}, {"HTTP_ACCEPT_ENCODING": "gzip"}, {"HTTP_ORIGIN": "https://forage.example"}):
+    for headers in ({}, {"HTTP_ACCEPT_ENCODING": "gzip"}, {"HTTP_ORIGIN": "https://forage.example"},
+                    {"HTTP_HOST": "elsewhere.example"}, {"HTTP_X_FORWARDED_PROTO": "https"}):
         get(application, **headers)
         get(application, **headers)
     get(application, query="countries=ARG")
-    assert view.calls == 4
+    assert view.calls == 6
     get(application, HTTP_ACCEPT_ENCODING="gzip;q=0")  # refuses gzip: the identity answer
-    assert view.calls == 4
+    get(application, HTTP_ORIGIN="https://any.example")  # CORS lets no other origin read it: answered alike
+    assert view.calls == 6
 
 
 @pytest.mark.parametrize("view, method", [
@@ -172,15 +177,35 @@ def test_nothing_else_is_ever_kept(clock, view, method):
 
 
 def test_nothing_is_kept_while_changes_cannot_be_heard():
-    view = View()
-    application = edge.edge_cache(view, clock=edge.ChangeClock("redis://127.0.0.1:1/0"), answers=edge.Answers())
-    get(application)
-    get(application)
+    view, unheard = View(), edge.ChangeClock("redis://127.0.0.1:1/0")
+    application = edge.edge_cache(view, clock=unheard, answers=edge.Answers())
+    try:
+        get(application)
+        get(application)
+    finally:
+        unheard.stop()
     assert view.calls == 2
 
 
+def test_subscribing_again_forgets_what_was_kept_and_tells_the_apps(clock, monkeypatch):
+    told = []
+    monkeypatch.setattr(edge, "_heard_callbacks", [told.append])
+    view = View()
+    application = edge.edge_cache(view, clock=clock, answers=edge.Answers())
+    get(application)
+    clock._subscribed()  # what redis-py's silent reconnection ends with: a new subscribe confirmation
+    get(application)
+    assert view.calls == 2 and told == [None]
+
+
+def test_a_view_marks_nothing_for_a_request_that_did_not_come_through_the_edge():
+    response = HttpResponse(b"{}")
+    edge.edge_mark(SimpleNamespace(META={}), response, countries=None, max_age=1.0)  # the stream server's
+    assert edge.EDGE_HEADER not in response
+
+
 def test_the_kept_answers_stay_within_their_byte_budget():
-    answers = edge.Answers(budget=2500)
+    answers = edge.Answers(budget=2 * (1000 + edge.ANSWER_OVERHEAD_BYTES) + 100)
     for n in range(5):
         answers.put(("/", str(n), False, ""), edge.Answer(status="200 OK", headers=[], body=b"x" * 1000, etag="",
                                                            topics=frozenset(), stamp=0, stored_at=0, expires_at=0))

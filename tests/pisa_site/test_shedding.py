@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -86,6 +87,14 @@ def test_the_gate_admits_its_slots_then_queues_then_refuses():
     assert waits == [None]  # nobody left within the limit: refused after it
     gate.leave()
     assert gate.enter() == 0.0
+
+
+def test_a_full_queue_refuses_at_once_not_after_the_limit():
+    gate = shedding.AdmissionGate(active=1, max_waiting=0, limit=5.0)
+    assert gate.enter() == 0.0
+    started = time.monotonic()
+    assert gate.enter() is None
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_waiting_request_gets_in_when_a_slot_frees_within_the_limit():
