@@ -93,6 +93,8 @@ class ChangeClock:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        if self._started:  # fast path: every GET calls this; the lock only guards the first
+            return
         with self._lock:
             if self._started:
                 return
